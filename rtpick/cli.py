@@ -1,0 +1,37 @@
+"""``rtpick`` command line: one sub-command per module in :mod:`rtpick.commands`.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``
+and is imported only when its command runs, so ``rtpick --help`` stays fast and
+a broken optional dependency of one command cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module under rtpick.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("replay", "Pick on miniSEED files as a stream; picks as JSON lines on stdout."),
+    "check-config": ("check_config", "Validate a config file (or print the example config)."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="rtpick", description="Real-time deep-learning phase picking.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = argv[0] if argv else None
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module_name)
+        if name == chosen:
+            importlib.import_module(f"rtpick.commands.{module_name}").add_arguments(cmd)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"rtpick.commands.{args._module}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``rtpick`` CLI; each module: ``add_arguments(parser)`` and ``run(args)``."""

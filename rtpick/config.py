@@ -1,0 +1,201 @@
+"""Configuration: pydantic models of ``config.toml``, the single source of truth.
+
+Every option is declared once here with its description and default;
+``config.example.toml`` is rendered from these models (``python -m rtpick.config``)
+and a test keeps the two in step. Unknown keys are errors, and every error names
+the file, the dotted key path, the line where we can find it and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReplayConfig(Section):
+    """Replay of miniSEED archives (``rtpick replay`` and the demo)."""
+
+    speed: float = Field(0.0, ge=0.0, description="Replay speed: 0 = as fast as possible, 1 = real time, 10 = ten times real time.")
+    record_samples: int = Field(412, ge=1, description="Samples per emitted packet (a 512-byte Steim-2 record holds about 400 samples).")
+
+
+class StreamConfig(Section):
+    """Per-channel ring buffers and channel grouping."""
+
+    buffer_seconds: float = Field(120.0, gt=0, description="Seconds of data kept per channel; bounds memory. Must exceed the model window.")
+    component_wait_s: float = Field(10.0, ge=0, description="How long a station waits for a lagging component before filling it with zeros (as SeisBench does for missing components).")
+    channels: list[str] = Field(
+        default_factory=lambda: ["HH?", "BH?", "EH?", "HN?", "SH?"],
+        description="Channel families to pick on (SEED band+instrument with '?' for the component).",
+    )
+
+
+class InferenceConfig(Section):
+    """Model, batching and threads of the inference engine."""
+
+    model: str = Field("seisbench:PhaseNet/original", description="Model: 'seisbench:<Class>/<weights>', 'file:<path to .pt with .json sidecar>'.")
+    device: str = Field("cpu", description="torch device: 'cpu' or 'cuda'.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    batch_size: int = Field(64, ge=1, description="Maximum windows per forward pass.")
+    max_wait_s: float = Field(1.0, ge=0, description="Run a partial batch once its oldest window has waited this long (real-time mode).")
+    overlap_s: float = Field(15.0, ge=0, description="Overlap of consecutive windows in seconds (SeisBench PhaseNet default: 1500 samples = 15 s).")
+    stacking: Literal["avg", "max"] = Field("avg", description="How overlapping window predictions are combined, as SeisBench 'stacking'.")
+    blinding_samples: tuple[int, int] = Field((0, 0), description="Prediction samples discarded at the start and end of each window, as SeisBench 'blinding'.")
+
+
+class PickingConfig(Section):
+    """Turning stacked probabilities into picks (SeisBench ``classify``)."""
+
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"P": 0.3, "S": 0.3},
+        description="Trigger threshold per phase; a pick ends when the probability falls below half of it.",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for phase, thr in value.items():
+            if not 0.0 < thr <= 1.0:
+                raise ValueError(f"threshold for {phase} must be in (0, 1], got {thr}")
+        return value
+
+
+class SeedLinkConfig(Section):
+    """SeedLink client ingest (``rtpick run``)."""
+
+    server: str = Field("127.0.0.1:18000", description="SeedLink server as HOST:PORT.")
+    streams: list[str] = Field(
+        default_factory=lambda: ["OK_*:HH? BH? EH?"],
+        description="Selectors 'NET_STA[:CHANNELS]' (SeisComP style, '*' and '?' allowed; channel patterns like 'HH?' or '00HHZ' separated by spaces).",
+    )
+    state_file: str = Field("rtpick-seedlink.state", description="Where the last sequence number per station is persisted (atomic writes) for resume.")
+    begin_time: str | None = Field(None, description="Optional ISO-8601 begin time for backfill after an outage; unset = resume from state or real time.")
+    netto_s: float = Field(30.0, gt=0, description="Network timeout: reconnect if nothing arrives for this long.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles on each failure (with jitter).")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
+
+
+class LoggingConfig(Section):
+    """Logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class Config(Section):
+    """The whole rtpick configuration file."""
+
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="miniSEED replay.")
+    stream: StreamConfig = Field(default_factory=StreamConfig, description="Buffers and channel grouping.")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Model and batching.")
+    picking: PickingConfig = Field(default_factory=PickingConfig, description="Pick extraction.")
+    seedlink: SeedLinkConfig = Field(default_factory=SeedLinkConfig, description="SeedLink ingest.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file, key path, line and expectation."""
+
+
+def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a dotted key in TOML text (section header, then key)."""
+    lines = text.splitlines()
+    keys = [str(k) for k in loc]
+    section = ".".join(keys[:-1])
+    in_section = section == ""
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[([^\]]+)\]$", stripped)
+        if header:
+            in_section = header.group(1).strip() == section
+            if in_section and len(keys) == 1:
+                return number
+            continue
+        if in_section and re.match(rf"^{re.escape(keys[-1])}\s*=", stripped):
+            return number
+    return None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=str(path), text=text)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "") -> Config:
+    """Validate a parsed TOML document, turning pydantic errors into :class:`ConfigError`."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(k) for k in err["loc"])
+            line = _find_line(text, err["loc"]) if text else None
+            where = f"{source}:{line}" if line else source
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check spelling; see config.example.toml)"
+            else:
+                message = err["msg"]
+                if "input" in err and not isinstance(err["input"], dict):
+                    message += f" (got {err['input']!r})"
+            problems.append(f"{where}: key '{key}': {message}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def render_example() -> str:
+    """Render ``config.example.toml`` from the models: every option, commented, with its default."""
+    out = [
+        "# rtpick configuration — every option with its default.",
+        "# Generated from rtpick/config.py by `python -m rtpick.config`; do not edit by hand.",
+        "",
+    ]
+    defaults = Config()
+    for name, field in Config.model_fields.items():
+        section = getattr(defaults, name)
+        out.append(f"# {type(section).__doc__.strip().splitlines()[0]}")
+        out.append(f"[{name}]")
+        for key, sub in type(section).model_fields.items():
+            out.append(f"# {sub.description}")
+            value = getattr(section, key)
+            if value is None:
+                out.append(f"# {key} = (unset)")
+            else:
+                out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_example())
