@@ -1,0 +1,1 @@
+"""rtpick.adapt."""

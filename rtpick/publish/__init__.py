@@ -1,0 +1,1 @@
+"""Output side: message schemas, ZeroMQ publishing, Prometheus metrics."""
