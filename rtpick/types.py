@@ -81,3 +81,43 @@ def iso_to_ns(text: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp()) * NS_PER_S + frac_ns
+
+
+@dataclass(slots=True)
+class Event:
+    """An associated earthquake: one revision of it (``rtpick.event/1``).
+
+    The associator emits a first revision as soon as a minimum pick configuration
+    is met and a new revision (same ``event_id``, ``revision`` + 1) whenever later
+    picks change the solution; ``final`` is set on the last revision, when the
+    event's picks leave the association horizon.
+    """
+
+    event_id: str  # stable across revisions
+    revision: int  # 0 for the first message, +1 per update
+    origin_time_ns: int
+    latitude: float  # degrees
+    longitude: float  # degrees
+    depth_km: float  # below sea level
+    horizontal_uncertainty_km: float
+    depth_uncertainty_km: float
+    time_uncertainty_s: float
+    picks: list[tuple[Pick, float]] = field(default_factory=list)  # (pick, residual_s = observed - predicted)
+    rms_residual_s: float = 0.0
+    score: float = 0.0  # associator support: sum of the associated picks' weighted probabilities
+    final: bool = False
+    created_ns: int = 0  # wall clock when this revision was made (latency measurements)
+    associator: str = "rtpick.swarm"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_p(self) -> int:
+        return sum(1 for pick, _ in self.picks if pick.phase == "P")
+
+    @property
+    def n_s(self) -> int:
+        return sum(1 for pick, _ in self.picks if pick.phase == "S")
+
+    @property
+    def n_stations(self) -> int:
+        return len({pick.station_key for pick, _ in self.picks})
