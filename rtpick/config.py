@@ -86,6 +86,38 @@ class SeedLinkConfig(Section):
     reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
 
 
+class PublishConfig(Section):
+    """ZeroMQ publication of picks, events and status heartbeats."""
+
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint to bind ('tcp://HOST:PORT' or 'ipc:///path'); empty = do not publish.")
+    sndhwm: int = Field(10000, ge=1, description="Send high-water mark: messages queued per subscriber before further messages to it are dropped (and counted).")
+    status_interval_s: float = Field(10.0, gt=0, description="Seconds between rtpick.status/1 heartbeats.")
+    linger_s: float = Field(1.0, ge=0, description="On shutdown, how long queued messages may still be sent before the socket closes.")
+    curve_secret_key_file: str | None = Field(None, description="Optional CURVE server certificate with secret key (zmq.auth format, e.g. 'server.key_secret'); set = encrypt and authenticate.")
+    curve_authorized_keys_dir: str | None = Field(None, description="With CURVE: directory of client public certificates ('*.key') allowed to subscribe; unset = any client that knows the server key.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_transport(cls, value: str) -> str:
+        if value and not re.match(r"^(tcp|ipc|inproc)://.+", value):
+            raise ValueError(f"must look like 'tcp://HOST:PORT' or 'ipc:///path' (or be empty)")
+        return value
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics endpoint."""
+
+    listen: str = Field("127.0.0.1:9733", description="HOST:PORT of the Prometheus /metrics HTTP endpoint; empty = no endpoint.")
+    live_after_s: float = Field(60.0, gt=0, description="A station counts as live while its newest data is younger than this (rtpick_stations_live, status heartbeat).")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$", value):
+            raise ValueError(f"must be 'HOST:PORT' (or empty)")
+        return value
+
+
 class LoggingConfig(Section):
     """Logging."""
 
@@ -100,6 +132,8 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Model and batching.")
     picking: PickingConfig = Field(default_factory=PickingConfig, description="Pick extraction.")
     seedlink: SeedLinkConfig = Field(default_factory=SeedLinkConfig, description="SeedLink ingest.")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ publication.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
 
 
