@@ -1,0 +1,50 @@
+"""``rtpick serve-seedlink PATH... --port N``: replay miniSEED files as a SeedLink 3.1 server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="miniSEED files or directories")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=18000, help="TCP port (default 18000; 0 = any free port)")
+    parser.add_argument("--speed", type=float, default=0.0,
+                        help="replay speed: 0 = whole archive at once (default), 1 = real time, 10 = 10x")
+    parser.add_argument("--shift-to-now", action="store_true", help="shift data times so the archive starts now")
+    parser.add_argument("--loop", action="store_true", help="replay the archive again and again (times shifted)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtpick.seedlink_server.archive import Archive
+    from rtpick.seedlink_server.server import ReplayServer
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        archive = Archive(args.paths)
+    except (OSError, ValueError, TypeError) as exc:
+        logging.getLogger("rtpick.seedlink_server").error("cannot read archive: %s", exc)
+        return 2
+
+    async def main() -> None:
+        server = ReplayServer(archive, host=args.host, port=args.port, speed=args.speed,
+                              shift_to_now=args.shift_to_now, loop=args.loop)
+        await server.start()
+        print(f"listening on {args.host}:{server.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        logging.getLogger("rtpick.seedlink_server").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        return 3
+    return 0
