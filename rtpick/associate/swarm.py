@@ -1,0 +1,481 @@
+"""Swarm-aware streaming associator: origin-time backprojection with greedy, exclusive extraction.
+
+Every pick votes, at every node of a coarse hypocentre grid, for the origin times
+it implies (``t - tt(node, station, phase) ± node tolerance``); the votes, weighted
+by pick probability, accumulate in a ring buffer over origin time. Repeatedly, the
+best (node, origin time) cell is refined by a coarse-to-fine grid search that keeps
+at most one pick per station and phase (the best fitting one): if the minimum pick
+configuration is met the event is emitted at once and its picks leave the stack,
+so a second event a second later at another place is found next from the remaining
+picks. There is no merge window: events are separated by pick exclusivity alone.
+Later picks attach to the open event that predicts them best (replacing a worse
+pick of the same station and phase, which returns to the pool) and trigger
+revisions. See docs/association.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtpick.associate import kernels
+from rtpick.associate.stations import Stations, distance_km
+from rtpick.associate.traveltime import TravelTimeTable
+from rtpick.types import NS_PER_S, Event, Pick
+
+log = logging.getLogger(__name__)
+_PH = {"P": 0, "S": 1}
+
+
+@dataclass
+class AssociatorSettings:
+    """Tuning of :class:`SwarmAssociator` (mirrored by the ``[associate]`` config section)."""
+
+    grid_spacing_km: float = 6.0  # coarse node spacing
+    depths_km: tuple[float, ...] = (3.0, 9.0, 15.0)  # coarse node depths
+    max_depth_km: float = 25.0  # fine search depth limit
+    margin_km: float = 30.0  # search area beyond the station bounding box
+    bin_s: float = 0.5  # origin-time resolution of the stack
+    tolerance_s: float = 0.35  # pick tolerance floor (s)
+    tolerance_fraction: float = 0.025  # plus this fraction of the travel time
+    min_picks: int = 8
+    min_p: int = 4
+    min_s: int = 0
+    min_stations: int = 4
+    min_pick_fraction: float = 0.4  # of the stations nearer than the farthest picked one, fraction with a pick
+    min_score: float = 3.0  # sum of weight * kernel over the event's picks
+    horizon_s: float = 120.0  # picks older than this (behind the newest) expire; events become final
+    step_s: float = 1.0  # how often (data time) the detection runs
+    use_probability: bool = True
+    max_candidates_per_step: int = 200
+
+
+@dataclass
+class _OpenEvent:
+    event: Event
+    lat: float
+    lon: float
+    depth: float
+    t0: float  # s after the associator's base time
+    slots: dict = field(default_factory=dict)  # (station, phase) -> pick row
+    pred: np.ndarray | None = None  # (n_stations, 2) predicted arrival (s after base)
+    n_at_emit: int = 0
+    dirty: bool = False
+    first_seen: float = 0.0
+
+
+class SwarmAssociator:
+    """Streaming associator. ``push`` picks, call ``step(now_ns)`` regularly, ``flush`` at the end."""
+
+    def __init__(self, stations: Stations, table: TravelTimeTable, settings: AssociatorSettings | None = None,
+                 bounds: tuple[float, float, float, float] | None = None):
+        self.s = settings or AssociatorSettings()
+        self.stations = stations
+        self.table = table
+        self._index = stations.index()
+        self.counters: dict[str, int] = defaultdict(int)
+        self._ids = itertools.count()
+        self._base_ns: int | None = None
+        n_sta = len(stations)
+        self._sta_corr = np.stack([stations.elevation_m / 1000.0 / table.surface_velocity[0],
+                                   stations.elevation_m / 1000.0 / table.surface_velocity[1]], axis=1)
+        _, self._site = np.unique(np.round(np.stack([stations.latitude, stations.longitude], 1), 3), axis=0, return_inverse=True)
+        self._site = self._site.ravel()
+        self._build_grid(bounds)
+        self._max_tt = float(self._node_tt.max() + self._node_tol.max())
+        self._n_ring = int(np.ceil((self.s.horizon_s + self._max_tt + 20.0) / self.s.bin_s))
+        self._stack = np.zeros((self._n_ring, self._n_nodes), np.float32)
+        self._rejected = np.zeros_like(self._stack)
+        self._cleared_to = None  # absolute bin below which the ring holds nothing
+        # pick pool (rows appended; state 0 free, 1 in an event, -1 gone)
+        self._p_sta = np.zeros(0, np.int32)
+        self._p_ph = np.zeros(0, np.int8)
+        self._p_t = np.zeros(0, np.float64)
+        self._p_w = np.zeros(0, np.float32)
+        self._p_state = np.zeros(0, np.int8)
+        self._p_obj: list[Pick] = []
+        self._new: list[Pick] = []
+        self._open: list[_OpenEvent] = []
+        self._last_step: float | None = None
+        self._newest = -np.inf
+        self._n_sta = n_sta
+
+    # ------------------------------------------------------------------ setup
+    def _build_grid(self, bounds):
+        st = self.stations
+        if bounds is None:
+            dlat = self.s.margin_km / 111.19
+            dlon = dlat / np.cos(np.radians(st.latitude.mean()))
+            bounds = (st.latitude.min() - dlat, st.latitude.max() + dlat, st.longitude.min() - dlon, st.longitude.max() + dlon)
+        self.bounds = bounds
+        lat0, lat1, lon0, lon1 = bounds
+        ky = 111.19
+        kx = ky * np.cos(np.radians((lat0 + lat1) / 2))
+        h = self.s.grid_spacing_km
+        lats = np.arange(lat0 + h / ky / 2, lat1, h / ky)
+        lons = np.arange(lon0 + h / kx / 2, lon1, h / kx)
+        deps = np.asarray(self.s.depths_km, float)
+        glat, glon, gdep = np.meshgrid(lats, lons, deps, indexing="ij")
+        self._g_lat, self._g_lon, self._g_dep = glat.ravel(), glon.ravel(), gdep.ravel()
+        self._n_nodes = len(self._g_lat)
+        self._kx, self._ky = kx, ky
+        n_sta = len(st)
+        dz_half = np.diff(deps).max() / 2 if len(deps) > 1 else 3.0
+        tt = np.zeros((self._n_nodes, n_sta, 2), np.float32)
+        tol = np.zeros_like(tt)
+        offsets = [(0, 0, 0)] + [(a, b, c) for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-1, 1)]
+        for ph in (0, 1):
+            vals = []
+            for ox, oy, oz in offsets:
+                d = distance_km(self._g_lat[:, None] + oy * h / ky, self._g_lon[:, None] + ox * h / kx,
+                                st.latitude[None, :], st.longitude[None, :])
+                z = np.clip(self._g_dep[:, None] + oz * dz_half, 0.0, self.table.max_depth_km)
+                vals.append(self.table(ph, d, z))
+            vals = np.stack(vals)
+            centre = vals[0] + self._sta_corr[None, :, ph]
+            spread = np.abs(vals - vals[0]).max(axis=0)
+            tt[:, :, ph] = centre
+            tol[:, :, ph] = spread + np.maximum(self.s.tolerance_s, self.s.tolerance_fraction * centre)
+        self._node_tt = tt
+        self._node_tol = tol
+        # neighbours (same and adjacent columns, all depths) for rejection marking
+        ni, nj, nk = glat.shape
+        idx = np.arange(self._n_nodes).reshape(ni, nj, nk)
+        neigh = np.full((self._n_nodes, 27 * nk), -1, np.int64)
+        for i in range(ni):
+            for j in range(nj):
+                cells = idx[max(0, i - 1):i + 2, max(0, j - 1):j + 2, :].ravel()
+                for k in range(nk):
+                    neigh[idx[i, j, k], :len(cells)] = cells
+        self._neigh = neigh
+
+    # ------------------------------------------------------------------ input
+    def push(self, pick: Pick) -> bool:
+        """Queue a pick; False (and counted) if its station is unknown or its phase not P/S."""
+        self.counters["picks_in"] += 1
+        key = pick.station_key
+        if key not in self._index and key.split(".")[-1] not in self._index:
+            self.counters["picks_unknown_station"] += 1
+            return False
+        if pick.phase not in _PH:
+            self.counters["picks_unknown_phase"] += 1
+            return False
+        if self._base_ns is None:
+            self._base_ns = pick.time_ns - int(600 * NS_PER_S)
+        self._new.append(pick)
+        return True
+
+    def _sec(self, ns: int) -> float:
+        return (ns - self._base_ns) / NS_PER_S
+
+    def _bin(self, sec: float) -> int:
+        return int(np.floor(sec / self.s.bin_s))
+
+    # ------------------------------------------------------------------ main loop
+    def step(self, now_ns: int | None = None) -> list[Event]:
+        """Process queued picks; returns new events and revisions. ``now_ns`` defaults to the newest pick."""
+        if self._base_ns is None:
+            return []
+        out: list[Event] = []
+        rows = self._ingest()
+        now = self._newest if now_ns is None else max(self._sec(now_ns), self._newest)
+        self._attach(rows, out)
+        self._relocate_dirty(out)
+        self._detect(now, out)
+        self._expire(now, out)
+        return out
+
+    def flush(self) -> list[Event]:
+        """Process everything queued and finalise all open events."""
+        out = self.step()
+        for ev in list(self._open):
+            out += self._finalise(ev)
+        self._open.clear()
+        return out
+
+    def run(self, picks, step_s: float | None = None) -> list[Event]:
+        """Offline convenience: feed picks in time order, stepping every ``step_s`` of pick time."""
+        step = step_s or self.s.step_s
+        out: list[Event] = []
+        next_ns = None
+        for pick in sorted(picks, key=lambda p: p.time_ns):
+            if next_ns is not None and pick.time_ns >= next_ns:
+                out += self.step(next_ns)
+                next_ns = None
+            self.push(pick)
+            if next_ns is None:
+                next_ns = pick.time_ns + int(step * NS_PER_S)
+        out += self.flush()
+        return out
+
+    # ------------------------------------------------------------------ stages
+    def _ingest(self) -> np.ndarray:
+        if not self._new:
+            return np.zeros(0, np.int64)
+        picks, self._new = self._new, []
+        sta = np.array([self._index.get(p.station_key, self._index.get(p.station_key.split(".")[-1])) for p in picks], np.int32)
+        ph = np.array([_PH[p.phase] for p in picks], np.int8)
+        t = np.array([self._sec(p.time_ns) for p in picks])
+        w = np.array([p.probability if self.s.use_probability else 1.0 for p in picks], np.float32)
+        w = np.clip(w, 0.05, 1.0)
+        start = len(self._p_t)
+        self._p_sta = np.concatenate([self._p_sta, sta])
+        self._p_ph = np.concatenate([self._p_ph, ph])
+        self._p_t = np.concatenate([self._p_t, t])
+        self._p_w = np.concatenate([self._p_w, w])
+        self._p_state = np.concatenate([self._p_state, np.zeros(len(picks), np.int8)])
+        self._p_obj += picks
+        self._newest = max(self._newest, float(t.max()))
+        return np.arange(start, start + len(picks))
+
+    def _vote(self, rows: np.ndarray, sign: float) -> None:
+        if len(rows) == 0:
+            return
+        lo = self._cleared_to if self._cleared_to is not None else -(1 << 60)
+        kernels.stack_update(self._stack, self._node_tt, self._node_tol, self._p_sta[rows], self._p_ph[rows],
+                             self._p_t[rows], self._p_w[rows], np.float32(sign), self.s.bin_s, 0, self._n_ring, lo)
+
+    def _tol(self, tt):
+        return np.maximum(self.s.tolerance_s, self.s.tolerance_fraction * tt)
+
+    def _attach(self, rows: np.ndarray, out: list[Event]) -> None:
+        """New picks join the open event that predicts them best, else the pool (and the stack)."""
+        free = []
+        if self._open and len(rows):
+            pred = np.stack([ev.pred for ev in self._open])  # (E, S, 2)
+            t0s = np.array([ev.t0 for ev in self._open])
+            for row in rows:
+                s, ph, t = self._p_sta[row], self._p_ph[row], self._p_t[row]
+                arr = pred[:, s, ph]
+                res = t - arr
+                norm = np.abs(res) / self._tol(arr - t0s)
+                order = np.argsort(norm)
+                placed = False
+                for e in order[:3]:
+                    if norm[e] >= 1.0:
+                        break
+                    ev = self._open[e]
+                    old = ev.slots.get((s, ph))
+                    if old is None:
+                        ev.slots[(s, ph)] = row
+                    else:
+                        old_norm = abs(self._p_t[old] - arr[e]) / self._tol(arr[e] - t0s[e])
+                        if old_norm <= norm[e]:
+                            continue
+                        ev.slots[(s, ph)] = row
+                        self._p_state[old] = 0
+                        free.append(old)
+                    self._p_state[row] = 1
+                    ev.dirty = True
+                    placed = True
+                    break
+                if not placed:
+                    free.append(row)
+        else:
+            free = list(rows)
+        self._vote(np.asarray(free, np.int64), +1.0)
+
+    def _relocate_dirty(self, out: list[Event]) -> None:
+        for ev in self._open:
+            if not ev.dirty:
+                continue
+            n = len(ev.slots)
+            first_s = ev.event.n_s == 0 and any(ph == 1 for (_, ph) in ev.slots)
+            if n - ev.n_at_emit < max(2, 0.25 * ev.n_at_emit) and not first_s:
+                continue
+            ev.dirty = False
+            rows = np.array(list(ev.slots.values()), np.int64)
+            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km / 2)
+            if sol is None:
+                continue
+            lat, lon, dep, t0, keep, res = sol
+            dropped = [r for r in rows if r not in set(keep)]
+            if dropped:
+                d = np.array(dropped, np.int64)
+                self._p_state[d] = 0
+                self._vote(d, +1.0)
+            self._set_solution(ev, lat, lon, dep, t0, keep, res)
+            out.append(self._emit(ev))
+
+    def _detect(self, now: float, out: list[Event]) -> None:
+        b_hi = self._bin(now)
+        b_lo = max(self._bin(now - self._max_tt - 2 * self.s.step_s), self._cleared_to or -(1 << 60))
+        threshold = self.s.min_score
+        for _ in range(self.s.max_candidates_per_step):
+            value, b, node = kernels.find_peak(self._stack, self._rejected, b_lo, b_hi, self._n_ring)
+            if node < 0 or value < threshold:
+                return
+            t0 = (b + 0.5) * self.s.bin_s
+            ev = self._candidate(node, t0)
+            if ev is None:
+                kernels.reject_region(self._stack, self._rejected, b, node, self._neigh, self._n_ring)
+                self.counters["candidates_rejected"] += 1
+            else:
+                out.append(ev)
+
+    def _candidate(self, node: int, t0: float) -> Event | None:
+        tt = self._node_tt[node]  # (S, 2)
+        tol = self._node_tol[node]
+        pred = t0 + tt[self._p_sta, self._p_ph]
+        ok = (self._p_state == 0) & (np.abs(self._p_t - pred) <= tol[self._p_sta, self._p_ph] + self.s.bin_s)
+        rows = np.flatnonzero(ok)
+        if len(rows) < self.s.min_picks:
+            return None
+        sol = self._locate(rows, self._g_lat[node], self._g_lon[node], self._g_dep[node], t0,
+                           span_km=self.s.grid_spacing_km)
+        if sol is None:
+            return None
+        lat, lon, dep, t0, keep, res = sol
+        ev = _OpenEvent(Event(event_id=f"rtp{next(self._ids):07d}", revision=-1, origin_time_ns=0, latitude=lat,
+                              longitude=lon, depth_km=dep, horizontal_uncertainty_km=0.0, depth_uncertainty_km=0.0,
+                              time_uncertainty_s=0.0), lat, lon, dep, t0)
+        self._p_state[keep] = 1
+        self._vote(keep, -1.0)
+        self._set_solution(ev, lat, lon, dep, t0, keep, res)
+        self._open.append(ev)
+        self.counters["events"] += 1
+        return self._emit(ev)
+
+    def _locate(self, rows, lat, lon, dep, t0, span_km):
+        """Coarse-to-fine grid search; returns the solution and the picks kept (one per station/phase)."""
+        st = self.stations
+        order = np.lexsort((self._p_t[rows], self._p_ph[rows], self._p_sta[rows]))
+        rows = rows[order]
+        sta, ph, t, w = self._p_sta[rows], self._p_ph[rows], self._p_t[rows], self._p_w[rows].astype(np.float64)
+        group = sta.astype(np.int64) * 2 + ph
+        best = (lat, lon, dep)
+        span_z = max(4.0, span_km)
+        for level in range(3):
+            k = 5
+            ox = np.linspace(-span_km, span_km, k)
+            oz = np.linspace(-span_z, span_z, k)
+            gx, gy, gz = np.meshgrid(ox, ox, oz, indexing="ij")
+            tl = best[0] + gy.ravel() / self._ky
+            tn = best[1] + gx.ravel() / self._kx
+            td = np.clip(best[2] + gz.ravel(), 0.0, self.s.max_depth_km)
+            out_t0 = np.empty(len(tl))
+            out_sc = np.empty(len(tl))
+            kernels.score_trials(tl, tn, td, sta, ph.astype(np.int64), t, w, group, st.latitude, st.longitude,
+                                 self._sta_corr, self.table.times, self.table.depth_step_km,
+                                 self.table.distance_step_km, self.s.tolerance_s, self.s.tolerance_fraction, out_t0, out_sc)
+            i = int(np.argmax(out_sc))
+            best = (tl[i], tn[i], td[i])
+            t0 = out_t0[i]
+            span_km /= 2.5
+            span_z /= 2.5
+        lat, lon, dep = best
+        d = distance_km(lat, lon, st.latitude[sta], st.longitude[sta])
+        tt = np.where(ph == 0, self.table(0, d, dep), self.table(1, d, dep)) + self._sta_corr[sta, ph]
+        res = t - t0 - tt
+        tol = self._tol(tt)
+        good = np.abs(res) < tol
+        kern = np.where(good, w * (1 - (res / tol) ** 2), -1.0)
+        # one pick per station and phase: the best kernel value in each group
+        keep_mask = np.zeros(len(rows), bool)
+        for g in np.unique(group[good]):
+            m = np.flatnonzero(group == g)
+            keep_mask[m[np.argmax(kern[m])]] = True
+        kept_rows = rows[keep_mask]
+        if not self._config_ok(kept_rows, kern[keep_mask], lat, lon):
+            return None
+        return lat, lon, dep, t0, kept_rows, res[keep_mask]
+
+    def _config_ok(self, rows, kern, lat, lon) -> bool:
+        s = self.s
+        stations = np.unique(self._p_sta[rows])
+        sites = np.unique(self._site[stations])  # co-located stations (renamed or duplicated) count once
+        site_phase = np.unique(self._site[self._p_sta[rows]] * 2 + self._p_ph[rows])
+        n_p = int((site_phase % 2 == 0).sum())
+        if len(site_phase) < s.min_picks or n_p < s.min_p or len(site_phase) - n_p < s.min_s:
+            return False
+        if len(sites) < s.min_stations or kern.sum() < s.min_score:
+            return False
+        if s.min_pick_fraction > 0:
+            d = distance_km(lat, lon, self.stations.latitude, self.stations.longitude)
+            dmax = d[stations].max()
+            if len(sites) < s.min_pick_fraction * len(np.unique(self._site[d <= dmax])):
+                return False
+        return True
+
+    def _set_solution(self, ev: _OpenEvent, lat, lon, dep, t0, rows, res) -> None:
+        ev.lat, ev.lon, ev.depth, ev.t0 = float(lat), float(lon), float(dep), float(t0)
+        ev.slots = {(int(self._p_sta[r]), int(self._p_ph[r])): int(r) for r in rows}
+        st = self.stations
+        d = distance_km(lat, lon, st.latitude, st.longitude)
+        ev.pred = t0 + np.stack([self.table(0, d, dep), self.table(1, d, dep)], axis=1) + self._sta_corr
+        e = ev.event
+        e.latitude, e.longitude, e.depth_km = ev.lat, ev.lon, ev.depth
+        e.origin_time_ns = self._base_ns + int(round(t0 * NS_PER_S))
+        e.picks = [(self._p_obj[r], float(x)) for r, x in zip(rows, res)]
+        e.picks.sort(key=lambda pr: pr[0].time_ns)
+        rms = float(np.sqrt(np.mean(np.square(res)))) if len(res) else 0.0
+        e.rms_residual_s = rms
+        e.score = float(self._p_w[rows].sum())
+        n = max(len(rows) - 4, 1)
+        # crude formal errors: residual spread over the square root of the redundancy
+        e.time_uncertainty_s = rms / np.sqrt(n) + 0.05
+        e.horizontal_uncertainty_km = 6.0 * e.time_uncertainty_s + 0.5
+        e.depth_uncertainty_km = 2.0 * e.horizontal_uncertainty_km
+        ev.n_at_emit = len(rows)
+
+    def _emit(self, ev: _OpenEvent) -> Event:
+        e = ev.event
+        e.revision += 1
+        e.created_ns = time.time_ns()
+        snap = Event(**{f: getattr(e, f) for f in e.__dataclass_fields__})
+        snap.picks = list(e.picks)
+        snap.extra = dict(e.extra)
+        return snap
+
+    def _finalise(self, ev: _OpenEvent) -> list[Event]:
+        ev.event.final = True
+        out = []
+        if ev.dirty:
+            rows = np.array(list(ev.slots.values()), np.int64)
+            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km / 2)
+            if sol is not None:
+                lat, lon, dep, t0, keep, res = sol
+                self._set_solution(ev, lat, lon, dep, t0, keep, res)
+                out.append(self._emit(ev))
+        return out
+
+    def _expire(self, now: float, out: list[Event]) -> None:
+        limit = now - self.s.horizon_s
+        still = []
+        for ev in self._open:
+            if ev.t0 + self._max_tt + 5.0 < now:
+                out += self._finalise(ev)
+            else:
+                still.append(ev)
+        self._open = still
+        old = np.flatnonzero((self._p_t < limit) & (self._p_state == 0))
+        if len(old):
+            self._vote(old, -1.0)
+            self._p_state[old] = -1
+        # clear ring bins whose origin times can no longer be reached
+        clear_to = self._bin(limit - self._max_tt) - 2
+        start = self._cleared_to if self._cleared_to is not None else clear_to - self._n_ring
+        start = max(start, clear_to - self._n_ring)
+        if clear_to > start:
+            idx = np.arange(start, clear_to) % self._n_ring
+            self._stack[idx] = 0.0
+            self._rejected[idx] = 0.0
+        self._cleared_to = clear_to
+        # compact the pool when most of it is gone
+        gone = (self._p_state != 0) & (self._p_t < limit)
+        in_open = {r for ev in self._open for r in ev.slots.values()}
+        if gone.sum() > 2000 and gone.sum() > len(self._p_t) // 2:
+            keep = ~gone
+            for r in in_open:
+                keep[r] = True
+            remap = np.cumsum(keep) - 1
+            for ev in self._open:
+                ev.slots = {k: int(remap[r]) for k, r in ev.slots.items()}
+            self._p_sta, self._p_ph, self._p_t = self._p_sta[keep], self._p_ph[keep], self._p_t[keep]
+            self._p_w, self._p_state = self._p_w[keep], self._p_state[keep]
+            self._p_obj = [p for p, k in zip(self._p_obj, keep) if k]
