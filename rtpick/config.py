@@ -52,6 +52,7 @@ class InferenceConfig(Section):
     overlap_s: float = Field(15.0, ge=0, description="Overlap of consecutive windows in seconds (SeisBench PhaseNet default: 1500 samples = 15 s).")
     stacking: Literal["avg", "max"] = Field("avg", description="How overlapping window predictions are combined, as SeisBench 'stacking'.")
     blinding_samples: tuple[int, int] = Field((0, 0), description="Prediction samples discarded at the start and end of each window, as SeisBench 'blinding'.")
+    block_end: Literal["exact", "fast"] = Field("exact", description="'exact': hold picks back until a gap or end of data could no longer add SeisBench's end-aligned window (identical to annotate; up to one stride more latency). 'fast': lower latency, the end window only adds to samples not yet final.")
 
 
 class PickingConfig(Section):
@@ -100,7 +101,7 @@ class PublishConfig(Section):
     @classmethod
     def _endpoint_transport(cls, value: str) -> str:
         if value and not re.match(r"^(tcp|ipc|inproc)://.+", value):
-            raise ValueError(f"must look like 'tcp://HOST:PORT' or 'ipc:///path' (or be empty)")
+            raise ValueError("must look like 'tcp://HOST:PORT' or 'ipc:///path' (or be empty)")
         return value
 
 
@@ -114,7 +115,7 @@ class MetricsConfig(Section):
     @classmethod
     def _host_port(cls, value: str) -> str:
         if value and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$", value):
-            raise ValueError(f"must be 'HOST:PORT' (or empty)")
+            raise ValueError("must be 'HOST:PORT' (or empty)")
         return value
 
 

@@ -1,0 +1,90 @@
+"""``rtpick listen ENDPOINT [--topic PREFIX]``: print rtpick messages as JSON lines.
+
+The example subscriber of docs/messages.md: a ZeroMQ SUB socket that connects
+to a running rtpick's ``publish.endpoint`` and writes one JSON document per
+line to stdout (the topic is implied by the document; ``--with-topic`` prefixes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import zmq
+import zmq.auth
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument("--topic", action="append", default=[], metavar="PREFIX",
+                        help="topic prefix to subscribe to: 'pick.', 'pick.OK.SIO', 'event', 'status' (repeatable; default: everything)")
+    parser.add_argument("--count", type=int, default=0, help="exit after this many messages (default: run until interrupted)")
+    parser.add_argument("--timeout", type=float, default=0.0, help="exit with status 1 if no message arrives for this many seconds")
+    parser.add_argument("--with-topic", action="store_true", help="print 'TOPIC<TAB>JSON' instead of bare JSON")
+    parser.add_argument("--curve-server-key", metavar="FILE", help="the publisher's public certificate (enables CURVE)")
+    parser.add_argument("--curve-client-key", metavar="FILE", help="this client's secret certificate (default: a fresh key pair)")
+
+
+def run(args: argparse.Namespace) -> int:
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        if args.curve_server_key:
+            try:
+                server_public, _ = zmq.auth.load_certificate(args.curve_server_key)
+                if args.curve_client_key:
+                    client_public, client_secret = zmq.auth.load_certificate(args.curve_client_key)
+                    if not client_secret:
+                        raise ValueError(f"{args.curve_client_key} holds no secret key")
+                else:
+                    client_public, client_secret = zmq.curve_keypair()
+            except (OSError, ValueError) as exc:
+                print(f"rtpick listen: CURVE key: {exc}", file=sys.stderr)
+                return 2
+            sock.curve_serverkey = server_public
+            sock.curve_publickey = client_public
+            sock.curve_secretkey = client_secret
+        for prefix in args.topic or [""]:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        try:
+            sock.connect(args.endpoint)
+        except zmq.ZMQError as exc:
+            print(f"rtpick listen: cannot connect to {args.endpoint!r}: {exc.strerror}", file=sys.stderr)
+            return 2
+        return _loop(sock, args)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
+        context.term()
+
+
+def _loop(sock: zmq.Socket, args: argparse.Namespace) -> int:
+    received = 0
+    last = time.monotonic()
+    out = sys.stdout
+    while not args.count or received < args.count:
+        if not sock.poll(200):
+            if args.timeout and time.monotonic() - last > args.timeout:
+                print(f"rtpick listen: no message for {args.timeout:g} s", file=sys.stderr)
+                return 1
+            continue
+        frames = sock.recv_multipart()
+        last = time.monotonic()
+        if len(frames) != 2:
+            print(f"rtpick listen: ignored a message of {len(frames)} frames", file=sys.stderr)
+            continue
+        topic, payload = frames
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            print(f"rtpick listen: ignored a non-JSON message on {topic!r}", file=sys.stderr)
+            continue
+        line = json.dumps(document, separators=(",", ":"))
+        out.write(f"{topic.decode(errors='replace')}\t{line}\n" if args.with_topic else line + "\n")
+        out.flush()
+        received += 1
+    return 0

@@ -1,0 +1,158 @@
+"""Everything that leaves a running rtpick, behind one object the daemon drives.
+
+    outputs = Outputs(config)                       # metrics objects, nothing bound yet
+    pipeline = Pipeline(config, model, observer=outputs.metrics)
+    outputs.start(pipeline)                          # bind ZeroMQ, serve /metrics (typed errors)
+    for record in ingest:
+        outputs.publish_picks(pipeline.feed(record))
+        outputs.tick()                               # status heartbeat when due
+    outputs.publish_picks(pipeline.flush())
+    outputs.close()                                  # last status, linger, stop HTTP
+
+:class:`~rtpick.publish.zmq.PublishError` and :class:`~rtpick.publish.metrics.MetricsError`
+name the config key (``publish.endpoint``, ``publish.curve_secret_key_file``,
+``metrics.listen``); ``start`` releases whatever it bound before raising.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry
+
+from rtpick.publish.messages import status_message
+from rtpick.publish.metrics import Metrics, rtpick_version, start_http_server
+from rtpick.publish.zmq import Publisher
+from rtpick.types import NS_PER_S, Event, Pick
+
+log = logging.getLogger(__name__)
+
+
+class Outputs:
+    """ZeroMQ publisher + Prometheus metrics + status heartbeat of one rtpick instance."""
+
+    def __init__(self, config: Any, *, registry: CollectorRegistry | None = None, instance: str | None = None) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.publisher = Publisher.from_config(config.publish, registry=self.registry) if config.publish.endpoint else None
+        self.instance = os.environ.get("RTPICK_INSTANCE", "") if instance is None else instance
+        self.state = "starting"
+        self.pipeline: Any = None
+        self.collector: Any = None
+        self.started_at = time.time()
+        self._http: Any = None
+        self._next_status = 0.0
+        self.picks_published = 0
+        self.events_published = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self, pipeline: Any = None) -> Outputs:
+        """Bind the PUB socket and the metrics endpoint; attach ``pipeline`` if given."""
+        if self.publisher is not None:
+            self.publisher.start()
+        listen = self.config.metrics.listen
+        if listen:
+            try:
+                self._http = start_http_server(listen, self.registry)
+            except Exception:
+                if self.publisher is not None:
+                    self.publisher.close()
+                raise
+            log.info("metrics on http://%s/metrics", self.metrics_address)
+        if pipeline is not None:
+            self.attach(pipeline)
+        return self
+
+    def attach(self, pipeline: Any) -> None:
+        """Read ``pipeline``'s state at scrape time and declare its model."""
+        self.pipeline = pipeline
+        self.collector = self.metrics.watch(pipeline, self.config.metrics.live_after_s)
+        loaded = getattr(pipeline, "loaded", None)
+        if loaded is not None:
+            self.metrics.set_model(loaded.model_id, loaded.version, loaded.sha256)
+
+    def set_ready(self, ready: bool = True) -> None:
+        self.state = "running" if ready else self.state
+        self.metrics.ready.set(1 if ready else 0)
+
+    def close(self, state: str = "stopping") -> None:
+        """Publish a last status, close the socket (lingers ``publish.linger_s``), stop HTTP."""
+        self.state = state
+        self.metrics.ready.set(0)
+        if self.publisher is not None and self.publisher.endpoint:
+            try:
+                self.publisher.publish(self.status())
+            except RuntimeError:
+                pass  # never started
+            self.publisher.close()
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` the metrics endpoint listens on (port resolved when configured as 0)."""
+        if self._http is None:
+            return None
+        host, port = self._http[0].server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def publish_picks(self, picks: Iterable[Pick]) -> None:
+        if self.publisher is None:
+            return
+        for pick in picks:
+            self.publisher.publish_pick(pick)
+            self.picks_published += 1
+
+    def publish_event(self, event: Event) -> None:
+        self.metrics.on_event(event.final)
+        if self.publisher is not None:
+            self.publisher.publish_event(event)
+            self.events_published += 1
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """The ``rtpick.status/1`` heartbeat as of now."""
+        now = time.time() if now is None else now
+        live = total = 0
+        lag = None
+        if self.collector is not None:
+            state = self.collector.station_state()
+            total = len(state)
+            live = sum(1 for s in state.values() if s["last_arrival"] and now - s["last_arrival"] <= self.config.metrics.live_after_s)
+            newest = max((s["last_data_ns"] for s in state.values()), default=0)
+            lag = now - newest / NS_PER_S if newest else None
+        dropped = sum(self.publisher.dropped.values()) if self.publisher is not None else 0
+        return status_message(
+            time_ns=int(now * NS_PER_S),
+            uptime_s=now - self.started_at,
+            stations_live=live,
+            stations_total=total,
+            lag_s=lag,
+            state=self.state,
+            instance=self.instance,
+            version=rtpick_version(),
+            picks_published=self.picks_published,
+            events_published=self.events_published,
+            messages_dropped=dropped,
+        )
+
+    def tick(self, now: float | None = None) -> bool:
+        """Publish a status heartbeat if ``publish.status_interval_s`` elapsed; True if sent."""
+        if self.publisher is None:
+            return False
+        mono = time.monotonic()
+        if mono < self._next_status:
+            return False
+        self._next_status = mono + self.config.publish.status_interval_s
+        self.publisher.publish(self.status(now))
+        return True
