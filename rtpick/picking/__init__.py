@@ -1,1 +1,1 @@
-"""rtpick.picking."""
+"""Pick extraction from stacked probabilities."""

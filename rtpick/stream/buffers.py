@@ -1,0 +1,232 @@
+"""Per-channel continuity tracking and per-station ring buffers at the model rate.
+
+Records of one channel are joined into *segments* (contiguous runs: each record
+starts within half a sample of where the previous one ended, as libmseed joins
+records). Each segment is placed on the model-rate sample grid anchored at the
+Unix epoch, as SeisBench does: the segment's first sample gets grid index
+``round(t0 * fs)`` and the sub-sample remainder is kept as the segment's offset
+(SeisBench's ``t_offset``). Channels at other rates are resampled per segment
+(:class:`~rtpick.stream.dsp.Resampler`) on the way in.
+
+A :class:`GroupBuffer` holds one station's channel family (e.g. ``OK.W35A..EH?``)
+as a (components × capacity) ring of float32 samples plus a "have data" mask;
+missing samples read as zeros, as SeisBench imputes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtpick.stream.dsp import Resampler
+from rtpick.types import NS_PER_S, Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Segment:
+    """A contiguous run of one component on the grid: ``[first, last]`` and its sub-sample offset."""
+
+    component: int
+    first: int
+    last: int
+    offset_ns: float
+
+
+class GroupBuffer:
+    """Ring buffer of one station's components at the model rate, indexed by absolute grid index."""
+
+    def __init__(self, key: str, n_components: int, capacity: int, sampling_rate: float):
+        self.key = key
+        self.capacity = capacity
+        self.sampling_rate = sampling_rate
+        self.data = np.zeros((n_components, capacity), dtype=np.float32)
+        self.have = np.zeros((n_components, capacity), dtype=np.bool_)
+        # absolute index one past the last sample written per component; None = never seen
+        self.filled_to: list[int | None] = [None] * n_components
+        self.segments: list[Segment] = []
+        self.floor = 0  # samples below this were consumed by the scheduler: late data is dropped
+        self.first_index: int | None = None  # first sample ever written (start-up grace for components)
+
+    def write(self, component: int, start: int, samples: np.ndarray, offset_ns: float) -> tuple[int, int]:
+        """Write model-rate samples at absolute index ``start``.
+
+        Returns ``(accepted, late)``: samples already covered by this component or
+        below the consumed floor are dropped (duplicates and late data never reach
+        the model twice).
+        """
+        n = len(samples)
+        filled = self.filled_to[component]
+        late = min(n, self.floor - start) if start < self.floor else 0
+        skip = max(late, filled - start if filled is not None else 0, 0)
+        if skip >= n:
+            return 0, late
+        first = start + skip
+        end = start + n
+        if filled is not None and first > filled:
+            self._clear(component, filled, first)
+        self._put(component, first, samples[skip:])
+        if self.first_index is None:
+            self.first_index = first
+        self.filled_to[component] = end
+        seg = self.segments[-1] if self.segments else None
+        if seg is not None and seg.component == component and seg.last == first - 1 and seg.offset_ns == offset_ns:
+            seg.last = end - 1
+        else:
+            self._extend_segment(component, first, end - 1, offset_ns)
+        return n - skip, late
+
+    def _extend_segment(self, component: int, first: int, last: int, offset_ns: float) -> None:
+        for seg in reversed(self.segments[-6:]):
+            if seg.component == component and seg.last == first - 1 and seg.offset_ns == offset_ns:
+                seg.last = last
+                return
+        self.segments.append(Segment(component, first, last, offset_ns))
+        if len(self.segments) > 64:  # keep only what can still overlap unfinished blocks
+            horizon = self.floor - self.capacity
+            self.segments = [s for s in self.segments if s.last >= horizon][-64:]
+
+    def _put(self, component: int, first: int, values: np.ndarray) -> None:
+        cap = self.capacity
+        n = len(values)
+        if n > cap:  # only the newest capacity samples can be kept
+            values = values[-cap:]
+            first += n - cap
+            n = cap
+        i0 = first % cap
+        k = min(n, cap - i0)
+        self.data[component, i0:i0 + k] = values[:k]
+        self.have[component, i0:i0 + k] = True
+        if k < n:
+            self.data[component, :n - k] = values[k:]
+            self.have[component, :n - k] = True
+
+    def _clear(self, component: int, first: int, end: int) -> None:
+        n = end - first
+        if n <= 0:
+            return
+        if n >= self.capacity:
+            self.have[component, :] = False
+            return
+        i0 = first % self.capacity
+        k = min(n, self.capacity - i0)
+        self.have[component, i0:i0 + k] = False
+        if k < n:
+            self.have[component, :n - k] = False
+
+    def expire(self, ready: int) -> None:
+        """Components that did not deliver up to ``ready`` are given up there: zeros, not stale ring data."""
+        for component, filled in enumerate(self.filled_to):
+            if filled is not None and filled < ready:
+                self._clear(component, filled, ready)
+                self.filled_to[component] = ready
+
+    def coverage(self, start: int, stop: int) -> np.ndarray:
+        """Boolean per index in ``[start, stop)``: does any component have data there?"""
+        idx = np.arange(start, stop) % self.capacity
+        return self.have[:, idx].any(axis=0)
+
+    def offset_ns(self, first: int, last: int) -> float:
+        """Mean sub-sample offset of the segments overlapping ``[first, last]`` (SeisBench's t_offset)."""
+        offsets = [s.offset_ns for s in self.segments if s.last >= first and s.first <= last]
+        return float(np.mean(offsets)) if offsets else 0.0
+
+    def ready_to(self, wait_samples: int) -> int | None:
+        """Index up to which every live component has delivered data.
+
+        A component lagging more than ``wait_samples`` behind the most advanced one
+        is not waited for: its missing samples become zeros, as in SeisBench. A
+        component never seen is waited for only during a start-up grace of
+        ``wait_samples`` after the station's first sample; after that the station
+        is taken to have only the components it has shown (e.g. vertical-only).
+        """
+        seen = [f for f in self.filled_to if f is not None]
+        if not seen or self.first_index is None:
+            return None
+        lead = max(seen)
+        if len(seen) < len(self.filled_to) and lead - self.first_index < wait_samples:
+            return self.first_index
+        return max(min(seen), lead - wait_samples)
+
+
+@dataclass(slots=True)
+class ChannelFeed:
+    """Continuity state of one channel: joins records into segments and feeds its group."""
+
+    stream_id: str
+    group: GroupBuffer
+    component: int
+    sampling_rate: float = 0.0
+    expected_ns: int | None = None  # where the next contiguous record should start
+    seg_start_ns: int = 0
+    seg_n_in: int = 0  # native samples in the current segment
+    seg_n_out: int = 0  # model-rate samples written for the current segment
+    seg_base: int = 0  # grid index of the segment's first model-rate sample
+    seg_offset_ns: float = 0.0
+    resampler: Resampler | None = None
+    counters: dict = field(default_factory=lambda: {"records": 0, "samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})
+
+    def push(self, record: Record) -> list[str]:
+        """Add a record; returns the causes of any irregularity ("gap", "overlap", ...)."""
+        events: list[str] = []
+        samples = record.samples
+        self.counters["records"] += 1
+        if self.expected_ns is not None and record.sampling_rate != self.sampling_rate:
+            events.append("rate_change")
+            self.counters["rate_changes"] += 1
+            self.end_segment()
+        if self.expected_ns is None:
+            self._start_segment(record.start_ns, record.sampling_rate)
+        else:
+            half = NS_PER_S / self.sampling_rate / 2
+            delta = record.start_ns - self.expected_ns
+            if delta > half:
+                events.append("gap")
+                self.counters["gaps"] += 1
+                self.end_segment()
+                self._start_segment(record.start_ns, record.sampling_rate)
+            elif delta < -half:
+                n_dup = int(round(-delta * self.sampling_rate / NS_PER_S))
+                if n_dup >= len(samples):
+                    self.counters["duplicates"] += 1
+                    return ["duplicate"]
+                events.append("overlap")
+                self.counters["overlaps"] += 1
+                samples = samples[n_dup:]
+        self.counters["samples"] += len(samples)
+        self.seg_n_in += len(samples)
+        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)
+        values = np.asarray(samples, dtype=np.float32)
+        if self.resampler is not None:
+            values = self.resampler.push(values)
+        self._write(values)
+        return events
+
+    def end_segment(self) -> None:
+        """Close the current segment (gap, rate change, end of data): flush the resampler."""
+        if self.resampler is not None and self.seg_n_in:
+            self._write(self.resampler.finish())
+        self.resampler = None
+        self.expected_ns = None
+
+    def _start_segment(self, start_ns: int, sampling_rate: float) -> None:
+        fs = self.group.sampling_rate
+        self.sampling_rate = sampling_rate
+        self.seg_start_ns = start_ns
+        self.seg_n_in = 0
+        self.seg_n_out = 0
+        self.seg_base = round(start_ns * fs / NS_PER_S)
+        self.seg_offset_ns = start_ns - self.seg_base * NS_PER_S / fs
+        self.resampler = None if sampling_rate == fs else Resampler(sampling_rate, fs)
+        self.expected_ns = start_ns
+
+    def _write(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        _, late = self.group.write(self.component, self.seg_base + self.seg_n_out, values, self.seg_offset_ns)
+        self.seg_n_out += len(values)
+        if late:
+            self.counters["late"] += late

@@ -1,0 +1,149 @@
+"""Window scheduling per station: blocks, due windows and when stacked samples are final.
+
+SeisBench's ``annotate`` (``strict=False``) cuts each station's data into *blocks*:
+maximal runs where at least one component has data; a gap in every component
+ends a block. Inside a block, windows start at offsets ``0, step, 2*step, ...``
+and, if the last one does not reach the block end, one more window is aligned
+to the end. :class:`WindowScheduler` reproduces exactly that on a stream.
+
+Finality: a stacked sample may be turned into picks once no later window can
+cover it. Regular windows are known in advance; the end-aligned window is only
+known when the block ends. In ``exact`` mode (default) samples within one
+window length of the data frontier are held back, so the end-aligned window of
+a gap or of the end of data is stacked exactly as SeisBench does; in ``fast``
+mode picks come up to one stride earlier and the end-aligned window only adds to
+samples that are not yet final (documented difference at gaps and end of data).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtpick.stream.buffers import GroupBuffer
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    """A run of data of one station; ``end`` is exclusive and None while the block is open."""
+
+    start: int
+    end: int | None = None
+    next_offset: int = 0  # next regular window offset, relative to start
+    pending: deque = field(default_factory=deque)  # offsets of scheduled, not yet stacked windows
+    picked_to: int = 0  # absolute index up to which stacked values went to the pickers
+    stack_floor: int = 0  # windows stack only at or after this absolute index (fast mode end window)
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and not self.pending and self.picked_to >= self.end
+
+
+@dataclass(slots=True, eq=False)
+class Window:
+    """One model input: ``in_samples`` samples of a group from absolute index ``start``."""
+
+    group: object  # the pipeline's per-station state
+    block: Block
+    start: int
+    queued_at: float = 0.0  # monotonic time the window became due (for max-wait batching)
+
+
+class WindowScheduler:
+    """Finds blocks in a group's coverage and emits due windows in order."""
+
+    def __init__(self, in_samples: int, step: int, exact_block_end: bool = True):
+        if step <= 0:
+            raise ValueError(f"window step must be positive (overlap too large): {step}")
+        self.in_samples = in_samples
+        self.step = step
+        self.exact = exact_block_end
+        self.scanned_to: int | None = None
+        self.blocks: deque[Block] = deque()
+        self.short_blocks = 0
+
+    @property
+    def open_block(self) -> Block | None:
+        if self.blocks and self.blocks[-1].end is None:
+            return self.blocks[-1]
+        return None
+
+    def advance(self, buf: GroupBuffer, ready: int) -> list[tuple[Block, int]]:
+        """Scan coverage up to ``ready``; return newly due ``(block, absolute start)`` windows."""
+        due: list[tuple[Block, int]] = []
+        if self.scanned_to is None:
+            firsts = [s.first for s in buf.segments]
+            if not firsts:
+                return due
+            self.scanned_to = min(firsts)
+        pos = self.scanned_to
+        buf.expire(ready)
+        while pos < ready:
+            cov = buf.coverage(pos, ready)
+            block = self.open_block
+            if block is not None:
+                holes = np.flatnonzero(~cov)
+                if holes.size == 0:
+                    pos = ready
+                    break
+                pos += int(holes[0])
+                self._schedule_regular(block, pos, due)
+                self._close(block, pos, due)
+            else:
+                hits = np.flatnonzero(cov)
+                if hits.size == 0:
+                    pos = ready
+                    break
+                pos += int(hits[0])
+                self.blocks.append(Block(start=pos, picked_to=pos, stack_floor=pos))
+        self.scanned_to = pos
+        buf.floor = pos
+        block = self.open_block
+        if block is not None:
+            self._schedule_regular(block, pos, due)
+        return due
+
+    def finish(self) -> list[tuple[Block, int]]:
+        """End of data: close the open block at the frontier (SeisBench's last window)."""
+        due: list[tuple[Block, int]] = []
+        block = self.open_block
+        if block is not None and self.scanned_to is not None:
+            self._close(block, self.scanned_to, due)
+        return due
+
+    def _schedule_regular(self, block: Block, frontier: int, due: list) -> None:
+        while block.start + block.next_offset + self.in_samples <= frontier:
+            block.pending.append(block.next_offset)
+            due.append((block, block.start + block.next_offset))
+            block.next_offset += self.step
+
+    def _close(self, block: Block, end: int, due: list) -> None:
+        block.end = end
+        length = end - block.start
+        if length < self.in_samples:
+            # SeisBench would try to merge a fragment this short with its neighbours;
+            # rtpick skips it (counted), see docs/operations.md.
+            self.short_blocks += 1
+            block.picked_to = end
+            return
+        last = block.next_offset - self.step
+        if last + self.in_samples < length:
+            offset = length - self.in_samples
+            if not self.exact:
+                block.stack_floor = self.final_to(block)
+            block.pending.append(offset)
+            due.append((block, block.start + offset))
+
+    def final_to(self, block: Block) -> int:
+        """Absolute index below which the block's stacked values can no longer change."""
+        if block.pending:
+            return block.start + block.pending[0]
+        if block.end is not None:
+            return block.end
+        limit = block.start + block.next_offset
+        if self.exact and self.scanned_to is not None:
+            # a block ending at the frontier would add a window starting at frontier - in_samples
+            limit = min(limit, self.scanned_to - self.in_samples)
+        return max(limit, block.picked_to)
