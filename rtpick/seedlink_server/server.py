@@ -234,7 +234,10 @@ class Session:
     def send_info(self, level: str) -> None:
         if level not in ("ID", "STATIONS", "STREAMS"):
             level = "ID"
-        xml = info_xml(level, self.server.started_ns, self.server.ring.by_station() if level != "ID" else {})
+        packets = {key: [] for key in self.server.stations} if level != "ID" else {}
+        if level != "ID":
+            packets.update(self.server.ring.by_station())
+        xml = info_xml(level, self.server.started_ns, packets)
         for pkt in info_packets(xml):
             self.writer.write(pkt)
 
@@ -312,13 +315,17 @@ class ReplayServer:
     """Serve ``archive`` on ``host:port``; ``speed`` 0 = everything at once, 1 = real time."""
 
     def __init__(self, archive: Archive, host: str = "127.0.0.1", port: int = 18000, speed: float = 0.0,
-                 shift_to_now: bool = False, loop: bool = False, max_packets: int = 2_000_000):
+                 shift_to_now: bool = False, loop: bool = False, max_packets: int = 2_000_000,
+                 origin_ns: int | None = None):
         self.archive = archive
         self.host, self.port = host, port
         self.speed, self.shift_to_now, self.loop_archive = speed, shift_to_now, loop
         self.max_packets = max_packets
         self.stations = archive.stations
         self.started_ns = time.time_ns()
+        # wall time at which the archive's first sample is "recorded"; servers restarted with the
+        # same origin release the same packets at the same moments (as a persistent ring would)
+        self.origin_ns = origin_ns if origin_ns is not None else self.started_ns
         self.sessions: list[Session] = []
         self.packets_sent = 0
         self.ring: Ring
@@ -328,7 +335,7 @@ class ReplayServer:
 
     async def start(self) -> None:
         self.ring = Ring(self.max_packets)
-        self._shift_s = round((self.started_ns - self.archive.start_ns) / NS) if self.shift_to_now else 0
+        self._shift_s = round((self.origin_ns - self.archive.start_ns) / NS) if self.shift_to_now else 0
         self._next_seq: dict[str, int] = {}
         first = await asyncio.to_thread(self.archive.packets, self._shift_s, self._next_seq)
         if self.speed <= 0:
@@ -341,7 +348,7 @@ class ReplayServer:
                  len(self.archive.files), self.host, self.port, self.speed or "max")
 
     async def _release_loop(self, first: list[Packet]) -> None:
-        t0 = time.monotonic()
+        t0 = time.monotonic() - (time.time_ns() - self.origin_ns) / NS
         passes = 0
         pending = first
         base_ns = self.archive.start_ns + self._shift_s * NS
