@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _loop(sock: zmq.Socket, args: argparse.Namespace) -> int:
     received = 0
+    seqs: dict[bytes, int] = {}  # topic -> last seq seen: a jump is a loss (our queue was full)
     last = time.monotonic()
     out = sys.stdout
     while not args.count or received < args.count:
@@ -83,6 +84,13 @@ def _loop(sock: zmq.Socket, args: argparse.Namespace) -> int:
         except ValueError:
             print(f"rtpick listen: ignored a non-JSON message on {topic!r}", file=sys.stderr)
             continue
+        seq = document.get("seq") if isinstance(document, dict) else None
+        if isinstance(seq, int):
+            previous = seqs.get(topic)
+            if previous is not None and seq > previous + 1:
+                print(f"rtpick listen: missed {seq - previous - 1} message(s) on {topic.decode(errors='replace')} "
+                      "(this subscriber fell behind the publisher's high-water mark)", file=sys.stderr)
+            seqs[topic] = seq
         line = json.dumps(document, separators=(",", ":"))
         out.write(f"{topic.decode(errors='replace')}\t{line}\n" if args.with_topic else line + "\n")
         out.flush()

@@ -6,6 +6,11 @@ the pipeline: each send is non-blocking and, with ``XPUB_NODROP`` on, fails
 instead of silently discarding when a subscriber's queue (``sndhwm``) is full.
 We then count one drop and deliver the message to the subscribers that still
 have room (a lossy resend), so a stalled subscriber costs only itself.
+
+libzmq then skips the stalled subscriber silently until it has drained part of
+its queue, so the publisher's drop count marks the *onset* of each stall. The
+exact loss is visible to the subscriber: every message carries ``seq``, a
+per-topic sequence number, and a jump is a loss (``rtpick listen`` reports them).
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ KINDS = ("pick", "event", "status")
 
 class PublishError(Exception):
     """A start-up problem of the publisher; the message names the config key."""
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a bind endpoint that libzmq would accept or misreport, or None."""
+    transport, sep, address = endpoint.partition("://")
+    if not sep or transport not in ("tcp", "ipc", "inproc") or not address:
+        return f"{endpoint!r} is not 'tcp://HOST:PORT', 'ipc:///path' or 'inproc://name'"
+    if transport == "tcp":
+        host, colon, port = address.rpartition(":")
+        if not colon or not host:
+            return f"{endpoint!r} lacks ':PORT'"
+        if port != "*" and not (port.isdigit() and 0 <= int(port) <= 65535):
+            return f"port {port!r} of {endpoint!r} is not a number in 0-65535 (or '*')"
+    return None
 
 
 class Publisher:
@@ -70,6 +89,7 @@ class Publisher:
             registry=registry,
         )
         self.published = dict.fromkeys(KINDS, 0)
+        self._seq: dict[str, int] = {}  # topic -> last sequence number (subscribers detect their losses)
         self.dropped = dict.fromkeys(KINDS, 0)
         self._children = {kind: (self._m_published.labels(kind), self._m_dropped.labels(kind)) for kind in KINDS}
 
@@ -89,6 +109,9 @@ class Publisher:
 
     def start(self) -> Publisher:
         """Bind the socket; raise :class:`PublishError` naming the config key on any problem."""
+        problem = endpoint_problem(self.requested_endpoint)
+        if problem:
+            raise PublishError(f"publish.endpoint: {problem}")
         curve_keys = self._load_curve_keys()
         if self._context is None:
             self._context = zmq.Context()
@@ -105,7 +128,11 @@ class Publisher:
         except zmq.ZMQError as exc:
             socket.close(linger=0)
             self._stop_context()
-            hint = " (another rtpick instance or program uses it; choose another port)" if exc.errno == zmq.EADDRINUSE else ""
+            hint = {
+                zmq.EADDRINUSE: " (another rtpick instance or program uses it; choose another port)",
+                zmq.ENODEV: " (HOST must be an address or interface of this machine, or '*' for all)",
+                zmq.EADDRNOTAVAIL: " (HOST must be an address of this machine, or '*' for all)",
+            }.get(exc.errno, "")
             raise PublishError(f"publish.endpoint: cannot bind {self.requested_endpoint!r}: {exc.strerror}{hint}") from None
         self._socket = socket
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -131,12 +158,14 @@ class Publisher:
     def publish(self, message: dict[str, Any]) -> bool:
         """Send one message; False if a full subscriber queue dropped it (counted)."""
         kind = message["schema"].split(".", 1)[1].split("/", 1)[0]
-        frames = [topic_for(message).encode(), encode(message)]
+        topic = topic_for(message)
         published, dropped = self._children[kind]
         with self._lock:
             socket = self._socket
             if socket is None:
                 raise RuntimeError("Publisher.publish() before start() or after close()")
+            seq = self._seq[topic] = self._seq.get(topic, 0) + 1
+            frames = [topic.encode(), encode({**message, "seq": seq})]
             try:
                 socket.send_multipart(frames, flags=zmq.NOBLOCK)
                 delivered = True

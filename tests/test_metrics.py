@@ -1,0 +1,122 @@
+"""Prometheus metrics: observer protocol, scrape-time collector, HTTP endpoint, errors."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtpick.config import ConfigError, parse_config
+from rtpick.publish.metrics import MAX_CAUSES, Metrics, MetricsError, PipelineCollector, start_http_server
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_publish_messages import make_pick  # noqa: E402
+
+
+def test_observer_protocol_updates_bounded_series():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    value = registry.get_sample_value
+    for _ in range(3):
+        metrics.on_record("OK.SIO..HHZ", 400, 1.5)
+    metrics.on_record("OK.SIO..HHN", 400, 0.2)
+    metrics.on_gap("OK.SIO..HHZ")
+    metrics.on_overlap("OK.FNO.01.HHE")
+    metrics.on_batch(16, 0.2)
+    metrics.on_batch(3, 0.05)
+    metrics.on_pick(make_pick(), 12.0)
+    metrics.on_pick(make_pick(phase="S", region="oklahoma"), 25.0)
+    metrics.on_reconnect("127.0.0.1:18000")
+    metrics.set_model("seisbench:PhaseNet/original", "1", "ab" * 32)
+    assert value("rtpick_records_total", {"station": "OK.SIO"}) == 4  # channels fold into NET.STA
+    assert value("rtpick_samples_total", {"station": "OK.SIO"}) == 1600
+    assert value("rtpick_gaps_total", {"station": "OK.SIO"}) == 1
+    assert value("rtpick_overlaps_total", {"station": "OK.FNO"}) == 1
+    assert value("rtpick_windows_total") == 19
+    assert value("rtpick_batch_size_count") == 2 and value("rtpick_batch_size_sum") == 19
+    assert value("rtpick_inference_seconds_sum") == pytest.approx(0.25)
+    assert value("rtpick_picks_total", {"phase": "P", "region": "default"}) == 1
+    assert value("rtpick_picks_total", {"phase": "S", "region": "oklahoma"}) == 1
+    assert value("rtpick_picks_total", {"phase": "S", "region": "default"}) == 0  # pre-declared: rate() has data
+    assert value("rtpick_pick_latency_seconds_bucket", {"le": "15.0"}) == 1
+    assert value("rtpick_data_latency_seconds_count") == 4
+    assert value("rtpick_ingest_reconnects_total") == 1
+    assert value("rtpick_model_info", {"region": "default", "model": "seisbench:PhaseNet/original", "version": "1", "sha256": "ab" * 32}) == 1
+    build = [s for f in registry.collect() if f.name == "rtpick_build_info" for s in f.samples]
+    assert len(build) == 1 and build[0].value == 1 and build[0].labels["version"]
+
+
+def test_rejection_causes_are_capped():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, process=False)
+    for i in range(MAX_CAUSES + 5):
+        metrics.on_rejected("XX.BAD..HHZ", f"cause{i}")
+        metrics.on_rejected("XX.BAD..HHZ", f"cause{i}")
+    causes = {s.labels["cause"] for f in registry.collect() if f.name == "rtpick_records_rejected" for s in f.samples if s.name.endswith("_total")}
+    assert len(causes) == MAX_CAUSES + 1 and "other" in causes
+    assert registry.get_sample_value("rtpick_records_rejected_total", {"cause": "other"}) == 10
+
+
+def fake_pipeline(now: float):
+    def station(key, last_arrival, last_data_ns, filled_to, floor):
+        buf = SimpleNamespace(filled_to=filled_to, capacity=1000, floor=floor)
+        return SimpleNamespace(key=key, buffer=buf, last_arrival=last_arrival, last_data_ns=last_data_ns)
+
+    stations = {
+        "OK.SIO..HH?": station("OK.SIO..HH?", now - 2, int((now - 5) * 1e9), [5000, 5000, None], 4800),
+        "OK.U32A..BH?": station("OK.U32A..BH?", now - 300, int((now - 400) * 1e9), [2000, 2000, 2000], 1500),
+        "OK.U32A..HH?": station("OK.U32A..HH?", now - 30, int((now - 40) * 1e9), [9000, 9000, 9000], 8900),
+        "OK.NEW..HH?": station("OK.NEW..HH?", 0.0, 0, [None, None, None], 0),
+    }
+    return SimpleNamespace(stations=stations, queue=deque([1, 2, 3]), stats=SimpleNamespace(windows_dropped=2))
+
+
+def test_collector_reads_pipeline_state_at_scrape_time():
+    now = 1_700_000_000.0
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(fake_pipeline(now), live_after_s=60, clock=lambda: now))
+    value = registry.get_sample_value
+    assert value("rtpick_station_last_data_age_seconds", {"station": "OK.SIO"}) == pytest.approx(2)
+    assert value("rtpick_station_last_data_age_seconds", {"station": "OK.U32A"}) == pytest.approx(30)  # newest family
+    assert value("rtpick_station_data_lag_seconds", {"station": "OK.U32A"}) == pytest.approx(40)
+    assert value("rtpick_buffer_fill_ratio", {"station": "OK.SIO"}) == pytest.approx(0.2)
+    assert value("rtpick_buffer_fill_ratio", {"station": "OK.U32A"}) == pytest.approx(0.5)  # fullest family
+    assert value("rtpick_buffer_fill_ratio", {"station": "OK.NEW"}) == 0
+    assert value("rtpick_stations") == 3
+    assert value("rtpick_stations_live") == 2
+    assert value("rtpick_windows_queued") == 3
+    assert value("rtpick_windows_dropped_total") == 2
+
+
+def test_http_endpoint_serves_the_registry():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.on_record("OK.SIO..HHZ", 100, 0.5)
+    server, thread = start_http_server("127.0.0.1:0", registry)
+    try:
+        port = server.server_address[1]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["rtpick_records"].samples[0].value == 1
+        assert "process_cpu_seconds" in families and "rtpick_build_info" in families
+        for name in families:  # conventions: every rtpick metric is namespaced
+            assert name.startswith(("rtpick_", "process_")), name
+        with pytest.raises(MetricsError, match=r"^metrics\.listen: cannot serve metrics on '127\.0\.0\.1:\d+': .*in use"):
+            start_http_server(f"127.0.0.1:{port}", CollectorRegistry())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_bad_listen_address_names_the_key():
+    with pytest.raises(MetricsError, match=r"^metrics\.listen"):
+        start_http_server("no-such-host.invalid:9733", CollectorRegistry())
+    with pytest.raises(ConfigError, match=r"key 'metrics\.listen'"):
+        parse_config({"metrics": {"listen": "9733"}})
