@@ -15,6 +15,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Pick on miniSEED files as a stream; picks as JSON lines on stdout."),
     "check-config": ("check_config", "Validate a config file (or print the example config)."),
+    "simulate": ("simulate", "Labelled target-region synthetics (Brune source, Q, site, real noise) as a SeisBench dataset."),
+    "adapt": ("adapt", "Fine-tune a picker on target-region data; SeisBench weights + model card."),
+    "evaluate": ("evaluate", "P/S precision, recall, F1, residuals, recall by SNR/magnitude; JSON report + plots."),
+    "distill": ("distill", "Distil a picker into a small fast student on unlabelled target data."),
 }
 
 
