@@ -34,7 +34,8 @@ class StreamConfig(Section):
     """Per-channel ring buffers and channel grouping."""
 
     buffer_seconds: float = Field(120.0, gt=0, description="Seconds of data kept per channel; bounds memory. Must exceed the model window.")
-    component_wait_s: float = Field(10.0, ge=0, description="How long a station waits for a lagging component before filling it with zeros (as SeisBench does for missing components).")
+    component_wait_s: float = Field(30.0, ge=0, description="Data seconds a station waits for a lagging component before filling it with zeros (as SeisBench does for missing components); must exceed the usual skew between components (about one record).")
+    resample_response: Literal["seisbench", "flat"] = Field("seisbench", description="Response of the streaming resampler for channels not at the model rate: 'seisbench' imitates SeisBench annotate (Butterworth for integer decimation, ObsPy's Hann-tapered FFT resampling otherwise); 'flat' is a plain low-pass at 0.9 of the lower Nyquist.")
     channels: list[str] = Field(
         default_factory=lambda: ["HH?", "BH?", "EH?", "HN?", "SH?"],
         description="Channel families to pick on (SEED band+instrument with '?' for the component).",

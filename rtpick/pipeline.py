@@ -225,7 +225,7 @@ class Pipeline:
         station = self.stations.get(key) or self._new_station(key)
         if cha[2] == "Z" or not station.pick_id:
             station.pick_id = sid
-        feed = ChannelFeed(stream_id=sid, group=station.buffer, component=comp)
+        feed = ChannelFeed(stream_id=sid, group=station.buffer, component=comp, resample_response=self.config.stream.resample_response)
         self.feeds[sid] = feed
         return feed
 

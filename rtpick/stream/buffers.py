@@ -159,6 +159,7 @@ class ChannelFeed:
     stream_id: str
     group: GroupBuffer
     component: int
+    resample_response: str = "seisbench"  # see rtpick.stream.dsp.Resampler
     sampling_rate: float = 0.0
     expected_ns: int | None = None  # where the next contiguous record should start
     seg_start_ns: int = 0
@@ -220,7 +221,7 @@ class ChannelFeed:
         self.seg_n_out = 0
         self.seg_base = round(start_ns * fs / NS_PER_S)
         self.seg_offset_ns = start_ns - self.seg_base * NS_PER_S / fs
-        self.resampler = None if sampling_rate == fs else Resampler(sampling_rate, fs)
+        self.resampler = None if sampling_rate == fs else Resampler(sampling_rate, fs, self.resample_response)
         self.expected_ns = start_ns
 
     def _write(self, values: np.ndarray) -> None:
