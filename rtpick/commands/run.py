@@ -1,0 +1,94 @@
+"""``rtpick run --config FILE``: the daemon (SeedLink ingest → pipeline → picks).
+
+Command-line options override the config file (as with slinktool):
+``--seedlink HOST:PORT`` → ``seedlink.server``, ``--streams`` → ``seedlink.streams``
+(slinktool ``-S`` syntax: ``'OK_FNO:HH?,OK_*:BH? EH?'``), ``--state-file``,
+``--begin-time``. Picks go to stdout as ``rtpick.pick/1`` JSON lines with
+``--stdout`` (also the default while no other output is configured).
+
+Exit codes: 0 clean stop, 1 runtime failure, 2 config error, 3 model error, 4 start failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rtpick.config import Config, ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config TOML (default: built-in defaults)")
+    parser.add_argument("--seedlink", metavar="HOST:PORT", help="override seedlink.server")
+    parser.add_argument("--streams", metavar="SELECTORS", help="override seedlink.streams: 'NET_STA[:CHANNELS],...'")
+    parser.add_argument("--state-file", help="override seedlink.state_file")
+    parser.add_argument("--begin-time", help="override seedlink.begin_time (ISO-8601) for stations without state")
+    parser.add_argument("--stdout", action="store_true", help="print picks as JSON lines on stdout")
+
+
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    """A copy of ``config`` with the command-line overrides applied (validated like the file)."""
+    from rtpick.ingest.seedlink import parse_selectors
+
+    data = config.model_dump()
+    sl = data["seedlink"]
+    if args.seedlink:
+        sl["server"] = args.seedlink
+    if args.streams:
+        sl["streams"] = [f"{s.station}:{' '.join(s.channels)}" if s.channels else s.station
+                         for s in parse_selectors(args.streams)]
+    if args.state_file:
+        sl["state_file"] = args.state_file
+    if args.begin_time:
+        sl["begin_time"] = args.begin_time
+    return Config.model_validate(data)
+
+
+def build_sinks(config: Config, args: argparse.Namespace) -> list:
+    """Outputs of the daemon; stdout JSON lines with ``--stdout`` or when nothing else is configured."""
+    from rtpick.service.daemon import StdoutSink
+
+    return [StdoutSink()]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = apply_overrides(load_config(args.config), args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"config error (command line): {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("rtpick.run")
+
+    from rtpick.inference.models import ModelError, load_model
+    from rtpick.ingest.seedlink import SeedLinkIngest
+    from rtpick.ingest.state import load_state
+    from rtpick.pipeline import Pipeline
+    from rtpick.service.daemon import Daemon
+
+    try:
+        model = load_model(config.inference.model, config.inference.device)
+    except ModelError as exc:
+        print(f"model error: {exc}", file=sys.stderr)
+        return 3
+    state = load_state(config.seedlink.state_file)
+    try:
+        ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds)
+        sinks = build_sinks(config, args)
+    except (ValueError, OSError) as exc:
+        print(f"start failed: {exc}", file=sys.stderr)
+        return 4
+    daemon = Daemon(config, ingest, sinks, pipeline=Pipeline(config, model), state=state,
+                    state_path=config.seedlink.state_file)
+    log.info("rtpick run: %s streams %s, state %s (%d stations to resume)", config.seedlink.server,
+             list(config.seedlink.streams), config.seedlink.state_file, len(state.stations))
+    code = daemon.run()
+    s, i = daemon.stats, ingest.stats
+    log.info("rtpick run stopped: %d records fed, %d picks published (%d duplicates suppressed), ingest %d packets, "
+             "%d duplicates dropped, errors %s, %d records left unprocessed",
+             s.records_fed, s.picks_published, s.picks_suppressed, i.packets, i.duplicates, i.errors or {}, s.dropped_at_shutdown)
+    return code
