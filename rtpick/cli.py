@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Pick on miniSEED files as a stream; picks as JSON lines on stdout."),
     "check-config": ("check_config", "Validate a config file (or print the example config)."),
+    "run": ("run", "The daemon: SeedLink ingest -> picks (JSON lines on stdout with --stdout)."),
+    "serve-seedlink": ("serve_seedlink", "Replay miniSEED files as a SeedLink 3.1 server (tests, demo, rehearsals)."),
+    "demo": ("demo", "Replay the bundled Oklahoma data over SeedLink into the daemon and print its picks."),
     "simulate": ("simulate", "Labelled target-region synthetics (Brune source, Q, site, real noise) as a SeisBench dataset."),
     "adapt": ("adapt", "Fine-tune a picker on target-region data; SeisBench weights + model card."),
     "evaluate": ("evaluate", "P/S precision, recall, F1, residuals, recall by SNR/magnitude; JSON report + plots."),
