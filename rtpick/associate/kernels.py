@@ -70,7 +70,7 @@ def _geodesic_km(lat1, lon1, lat2, lon2):
 
 @numba.njit(cache=True)
 def score_trials(trial_lat, trial_lon, trial_dep, pick_sta, pick_ph, pick_t, pick_w, group,
-                 sta_lat, sta_lon, sta_corr, times, dz, dx, tol_base, tol_frac, out_t0, out_score):
+                 sta_lat, sta_lon, sta_corr, times, dz, dx, tol_base, tol_frac, out_t0, out_score, out_n):
     """For each trial hypocentre: robust origin time (densest residual cluster) and score.
 
     Picks must be sorted by ``group`` (one group per station and phase). The score is
@@ -118,9 +118,12 @@ def score_trials(trial_lat, trial_lon, trial_dep, pick_sta, pick_ph, pick_t, pic
                 t0 = st / sw
         score = 0.0
         g_best = 0.0
+        n_groups = 0
         for j in range(n):
             if j > 0 and group[j] != group[j - 1]:
                 score += g_best
+                if g_best > 0:
+                    n_groups += 1
                 g_best = 0.0
             e = (r[j] - t0) / tol[j]
             if abs(e) < 1.0:
@@ -128,5 +131,34 @@ def score_trials(trial_lat, trial_lon, trial_dep, pick_sta, pick_ph, pick_t, pic
                 if v > g_best:
                     g_best = v
         score += g_best
+        if g_best > 0:
+            n_groups += 1
         out_t0[i] = t0
         out_score[i] = score
+        out_n[i] = n_groups
+
+
+@numba.njit(cache=True)
+def collect_peaks(stack, rejected, b_lo, b_hi, n_ring, threshold, margin, out_v, out_b, out_n):
+    """Cells in bins [b_lo, b_hi] at or above ``threshold`` that are maxima along time at
+    their node and exceed their remembered rejection value by ``margin``; returns the count
+    (at most ``len(out_v)``, the largest values are not guaranteed when the buffer fills)."""
+    n_nodes = stack.shape[1]
+    k = 0
+    cap = len(out_v)
+    for b in range(b_lo, b_hi + 1):
+        r = b % n_ring
+        rp = (b - 1) % n_ring
+        rn = (b + 1) % n_ring
+        for n in range(n_nodes):
+            v = stack[r, n]
+            if v < threshold or v <= rejected[r, n] + margin:
+                continue
+            if v < stack[rp, n] or v < stack[rn, n]:
+                continue
+            if k < cap:
+                out_v[k] = v
+                out_b[k] = b
+                out_n[k] = n
+                k += 1
+    return k

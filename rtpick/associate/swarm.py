@@ -49,6 +49,8 @@ class AssociatorSettings:
     min_stations: int = 4
     min_pick_fraction: float = 0.4  # of the stations nearer than the farthest picked one, fraction with a pick
     min_score: float = 3.0  # sum of weight * kernel over the event's picks
+    stack_threshold: float = 5.0  # stack value (probability-weighted votes) that makes a cell a candidate
+    retry_margin: float = 1.0  # a rejected cell is tried again once its votes grew by this much
     horizon_s: float = 120.0  # picks older than this (behind the newest) expire; events become final
     step_s: float = 1.0  # how often (data time) the detection runs
     use_probability: bool = True
@@ -102,6 +104,7 @@ class SwarmAssociator:
         self._new: list[Pick] = []
         self._open: list[_OpenEvent] = []
         self._last_step: float | None = None
+        self._stack_changed = False
         self._newest = -np.inf
         self._n_sta = n_sta
 
@@ -153,6 +156,12 @@ class SwarmAssociator:
                 for k in range(nk):
                     neigh[idx[i, j, k], :len(cells)] = cells
         self._neigh = neigh
+        g = np.linspace(-1.0, 1.0, 5)
+        gx, gy, gz = np.meshgrid(g, g, g, indexing="ij")
+        self._unit_offsets = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
+        self._buf_v = np.zeros(200_000, np.float32)
+        self._buf_b = np.zeros(200_000, np.int64)
+        self._buf_n = np.zeros(200_000, np.int64)
 
     # ------------------------------------------------------------------ input
     def push(self, pick: Pick) -> bool:
@@ -236,6 +245,7 @@ class SwarmAssociator:
     def _vote(self, rows: np.ndarray, sign: float) -> None:
         if len(rows) == 0:
             return
+        self._stack_changed = True
         lo = self._cleared_to if self._cleared_to is not None else -(1 << 60)
         kernels.stack_update(self._stack, self._node_tt, self._node_tol, self._p_sta[rows], self._p_ph[rows],
                              self._p_t[rows], self._p_w[rows], np.float32(sign), self.s.bin_s, 0, self._n_ring, lo)
@@ -303,13 +313,25 @@ class SwarmAssociator:
             out.append(self._emit(ev))
 
     def _detect(self, now: float, out: list[Event]) -> None:
-        b_hi = self._bin(now)
+        """Refine the strongest stack cells, best first; accepted events remove their picks."""
+        if not self._stack_changed:
+            return
+        self._stack_changed = False
+        b_hi = self._bin(now) + 1
         b_lo = max(self._bin(now - self._max_tt - 2 * self.s.step_s), self._cleared_to or -(1 << 60))
-        threshold = self.s.min_score
-        for _ in range(self.s.max_candidates_per_step):
-            value, b, node = kernels.find_peak(self._stack, self._rejected, b_lo, b_hi, self._n_ring)
-            if node < 0 or value < threshold:
-                return
+        threshold = self.s.stack_threshold
+        k = kernels.collect_peaks(self._stack, self._rejected, b_lo, b_hi, self._n_ring, threshold,
+                                  self.s.retry_margin, self._buf_v, self._buf_b, self._buf_n)
+        if k == 0:
+            return
+        order = np.argsort(-self._buf_v[:k])[: self.s.max_candidates_per_step]
+        for i in order:
+            b, node = int(self._buf_b[i]), int(self._buf_n[i])
+            r = b % self._n_ring
+            if self._stack[r, node] < threshold:
+                continue  # an accepted event took these picks
+            if self._stack[r, node] <= self._rejected[r, node] + self.s.retry_margin:
+                continue  # next to a candidate that just failed
             t0 = (b + 0.5) * self.s.bin_s
             ev = self._candidate(node, t0)
             if ev is None:
@@ -325,6 +347,9 @@ class SwarmAssociator:
         ok = (self._p_state == 0) & (np.abs(self._p_t - pred) <= tol[self._p_sta, self._p_ph] + self.s.bin_s)
         rows = np.flatnonzero(ok)
         if len(rows) < self.s.min_picks:
+            return None
+        site_phase = np.unique(self._site[self._p_sta[rows]] * 2 + self._p_ph[rows])
+        if len(site_phase) < self.s.min_picks or (site_phase % 2 == 0).sum() < self.s.min_p:
             return None
         sol = self._locate(rows, self._g_lat[node], self._g_lon[node], self._g_dep[node], t0,
                            span_km=self.s.grid_spacing_km)
@@ -350,22 +375,25 @@ class SwarmAssociator:
         group = sta.astype(np.int64) * 2 + ph
         best = (lat, lon, dep)
         span_z = max(4.0, span_km)
+        unit = self._unit_offsets
+        n_trials = len(unit)
+        out_t0 = np.empty(n_trials)
+        out_sc = np.empty(n_trials)
+        out_n = np.empty(n_trials, np.int64)
+        ph64 = ph.astype(np.int64)
         for level in range(3):
-            k = 5
-            ox = np.linspace(-span_km, span_km, k)
-            oz = np.linspace(-span_z, span_z, k)
-            gx, gy, gz = np.meshgrid(ox, ox, oz, indexing="ij")
-            tl = best[0] + gy.ravel() / self._ky
-            tn = best[1] + gx.ravel() / self._kx
-            td = np.clip(best[2] + gz.ravel(), 0.0, self.s.max_depth_km)
-            out_t0 = np.empty(len(tl))
-            out_sc = np.empty(len(tl))
-            kernels.score_trials(tl, tn, td, sta, ph.astype(np.int64), t, w, group, st.latitude, st.longitude,
+            tl = best[0] + unit[:, 1] * span_km / self._ky
+            tn = best[1] + unit[:, 0] * span_km / self._kx
+            td = np.clip(best[2] + unit[:, 2] * span_z, 0.0, self.s.max_depth_km)
+            kernels.score_trials(tl, tn, td, sta, ph64, t, w, group, st.latitude, st.longitude,
                                  self._sta_corr, self.table.times, self.table.depth_step_km,
-                                 self.table.distance_step_km, self.s.tolerance_s, self.s.tolerance_fraction, out_t0, out_sc)
+                                 self.table.distance_step_km, self.s.tolerance_s, self.s.tolerance_fraction,
+                                 out_t0, out_sc, out_n)
             i = int(np.argmax(out_sc))
             best = (tl[i], tn[i], td[i])
             t0 = out_t0[i]
+            if level == 0 and out_n[i] < self.s.min_picks - 1:
+                return None  # cannot reach the minimum configuration: skip the finer levels
             span_km /= 2.5
             span_z /= 2.5
         lat, lon, dep = best
@@ -376,10 +404,12 @@ class SwarmAssociator:
         good = np.abs(res) < tol
         kern = np.where(good, w * (1 - (res / tol) ** 2), -1.0)
         # one pick per station and phase: the best kernel value in each group
+        by = np.lexsort((-kern, group))
+        first = np.ones(len(by), bool)
+        first[1:] = group[by][1:] != group[by][:-1]
         keep_mask = np.zeros(len(rows), bool)
-        for g in np.unique(group[good]):
-            m = np.flatnonzero(group == g)
-            keep_mask[m[np.argmax(kern[m])]] = True
+        keep_mask[by[first]] = True
+        keep_mask &= good
         kept_rows = rows[keep_mask]
         if not self._config_ok(kept_rows, kern[keep_mask], lat, lon):
             return None
