@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-file", help="override seedlink.state_file")
     parser.add_argument("--begin-time", help="override seedlink.begin_time (ISO-8601) for stations without state")
     parser.add_argument("--stdout", action="store_true", help="print picks as JSON lines on stdout")
+    parser.add_argument("--audit-log", metavar="FILE", help="append one line per record handed to the pipeline "
+                        "(stream, start ns, samples, CRC-32), written with each state save (testing, audits)")
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"start failed: {exc}", file=sys.stderr)
         return 4
     daemon = Daemon(config, ingest, sinks, pipeline=Pipeline(config, model), state=state,
-                    state_path=config.seedlink.state_file)
+                    state_path=config.seedlink.state_file, audit_path=args.audit_log)
     log.info("rtpick run: %s streams %s, state %s (%d stations to resume)", config.seedlink.server,
              list(config.seedlink.streams), config.seedlink.state_file, len(state.stations))
     code = daemon.run()

@@ -135,8 +135,7 @@ class SeedLinkIngest:
                 failures = 0
             if self._stop.is_set():
                 break
-            delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** failures)
-            delay *= 0.5 + self._rng.random()  # full jitter around the exponential step
+            delay = backoff_delay(failures, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
             failures = min(failures + 1, 30)
             self._set_state("backoff", f"reconnect in {delay:.2f} s")
             self._stop.wait(delay)
@@ -284,6 +283,11 @@ class SeedLinkIngest:
             where = f" [{station}]" if station else ""
             log.warning("seedlink %s:%d %s%s: %s (logged once per cause and station)",
                         self.host, self.port, cause, where, message)
+
+
+def backoff_delay(failures: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``low * 2**failures`` capped at ``high``, times 0.5–1.5."""
+    return min(high, low * 2 ** failures) * (0.5 + rng.random())
 
 
 def _sl_time(ns: int) -> str:

@@ -37,14 +37,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from rtpick.config import Config
 from rtpick.ingest.state import IngestState, save_state
@@ -121,7 +125,7 @@ class Daemon:
                  hooks: Iterable[DaemonHook] = (), state: IngestState | None = None, state_path: str | None = None,
                  pick_filters: Iterable[Callable[[list[Pick]], list[Pick]]] = (), queue_records: int = 5000,
                  tick_s: float = 1.0, state_flush_s: float = 1.0, drain_timeout_s: float = 30.0,
-                 record_observer: Callable[[Record], None] | None = None):
+                 record_observer: Callable[[Record], None] | None = None, audit_path: str | None = None):
         if pipeline is None:
             from rtpick.pipeline import Pipeline
 
@@ -134,6 +138,10 @@ class Daemon:
         self.state_path = state_path
         self.tick_s, self.state_flush_s, self.drain_timeout_s = tick_s, state_flush_s, drain_timeout_s
         self.record_observer = record_observer
+        # audit log: one line per record, appended (and fsync'ed) just before each state save,
+        # so it lists exactly the records the saved state says were handed to the pipeline
+        self.audit_path = audit_path
+        self._audit: list[str] = []
         self.stats = DaemonStats()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_records)
         self._stop = threading.Event()
@@ -306,6 +314,9 @@ class Daemon:
         self.stats.records_fed += 1
         if self.record_observer is not None:
             self.record_observer(record)
+        if self.audit_path:
+            self._audit.append(f"{record.stream_id} {record.start_ns} {len(record.samples)} "
+                               f"{zlib.crc32(np.ascontiguousarray(record.samples).tobytes())}\n")
         if position is not None and position[1] >= 0:
             self.state.stations[position[0]] = position[1]
             self.state.channels[record.stream_id] = record.end_ns
@@ -337,6 +348,12 @@ class Daemon:
         if not force and now - self._last_save < self.state_flush_s:
             return
         try:
+            if self._audit:
+                with open(self.audit_path, "a") as fh:
+                    fh.writelines(self._audit)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                self._audit.clear()
             save_state(self.state_path, self.state)
         except OSError as exc:
             log.error("cannot save state file %s: %s", self.state_path, exc)

@@ -1,0 +1,262 @@
+"""The replay SeedLink server against two independent clients (ObsPy and EarthScope seedlink-client)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import obspy
+import pytest
+
+from rtpick.seedlink_server.archive import Archive
+from rtpick.seedlink_server.protocol import Selector, parse_time, selected
+from rtpick.seedlink_server.server import ServerThread
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def archive(oklahoma_dir):
+    return Archive([oklahoma_dir])
+
+
+@pytest.fixture(scope="module")
+def expected(oklahoma_dir):
+    """Per channel: (sample count, CRC-32 of all samples in time order) straight from the files."""
+    out = {}
+    for path in sorted(oklahoma_dir.glob("*.msd")):
+        st = obspy.read(str(path))
+        st.sort(keys=["starttime"])
+        data = np.concatenate([tr.data.astype(np.int32) for tr in st])
+        out[st[0].id] = (data.size, zlib.crc32(data.tobytes()))
+    return out
+
+
+def _checksums(records: list[tuple[str, int, np.ndarray]]) -> dict[str, tuple[int, int]]:
+    by_channel = defaultdict(list)
+    for sid, start, data in records:
+        by_channel[sid].append((start, data))
+    out = {}
+    for sid, items in by_channel.items():
+        items.sort(key=lambda x: x[0])
+        data = np.concatenate([d.astype(np.int32) for _, d in items])
+        out[sid] = (data.size, zlib.crc32(data.tobytes()))
+    return out
+
+
+def test_packets_are_deterministic_and_complete(archive, expected):
+    first, second = archive.packets(), Archive(archive.files).packets()
+    assert [(p.station, p.seq, p.data) for p in first] == [(p.station, p.seq, p.data) for p in second]
+    assert all(len(p.data) == 512 for p in first)
+    for key in archive.stations:
+        seqs = [p.seq for p in first if p.station == key]
+        assert seqs == list(range(1, len(seqs) + 1))
+    decoded = []
+    for p in first:
+        tr = obspy.read(io.BytesIO(p.data))[0]
+        decoded.append((tr.id, tr.stats.starttime.ns, tr.data))
+    assert _checksums(decoded) == expected
+
+
+def _earthscope_receive(port: int, stations: list[str]) -> list:
+    from seedlink_client import Protocol, SeedLink
+
+    sl = SeedLink("127.0.0.1", port, timeout=10, protocol=Protocol.V3, dialup=True)
+    for key in stations:
+        sl.add_stream(key, None, seqnum=0)  # resume "after seq 0" = from the first packet; FETCH ends with END
+    out = []
+    sl.connect()
+    try:
+        for pkt in sl.collect(reconnect=False):
+            rec = pkt.record()
+            rec.unpack_data()
+            sid = ".".join(_nslc(rec.sourceid))
+            out.append((sid, int(rec.starttime), np.array(rec.np_datasamples)))
+    finally:
+        sl.close()
+    return out
+
+
+def _nslc(sourceid: str) -> tuple[str, str, str, str]:
+    from pymseed import sourceid2nslc
+
+    return sourceid2nslc(sourceid)
+
+
+def _obspy_receive(port: int, archive: Archive, count: int) -> list:
+    from obspy.clients.seedlink.client.seedlinkconnection import SeedLinkConnection
+    from obspy.clients.seedlink.slpacket import SLPacket
+
+    conn = SeedLinkConnection(timeout=10)  # ObsPy 1.5.1: timeout must not be None
+    conn.set_sl_address(f"127.0.0.1:{port}")
+    conn.netto = 5  # its socket timeout; default 120 s
+    conn.netdly = 1
+    for key in archive.stations:
+        net, sta = key.split("_")
+        conn.add_stream(net, sta, "HH? BH? EH?", -1, None)  # ObsPy needs at least one selector
+    conn.set_begin_time(obspy.UTCDateTime(archive.start_ns / 1e9 - 60))
+    out = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            pkt = conn.collect()
+            if pkt is None or pkt == SLPacket.SLTERMINATE:
+                break
+            if pkt == SLPacket.SLNOPACKET or pkt.get_type() == SLPacket.TYPE_SLINF:
+                continue
+            tr = pkt.get_trace()
+            out.append((tr.id, tr.stats.starttime.ns, tr.data))
+    finally:
+        conn.close()
+    return out
+
+
+@pytest.mark.parametrize("client", ["obspy", "earthscope"])
+def test_two_clients_receive_every_record_exactly_once(archive, expected, client):
+    count = len(archive.packets())
+    with ServerThread(archive, port=0) as server:
+        if client == "obspy":
+            records = _obspy_receive(server.port, archive, count)
+        else:
+            records = _earthscope_receive(server.port, archive.stations)
+    assert len(records) == count
+    assert len({(sid, start) for sid, start, _ in records}) == count  # nothing twice
+    assert _checksums(records) == expected  # nothing lost, nothing altered
+
+
+def test_concurrent_clients(archive):
+    count = len(archive.packets())
+    with ServerThread(archive, port=0) as server:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: len(_earthscope_receive(server.port, archive.stations)), range(4)))
+    assert results == [count] * 4
+
+
+class Raw:
+    """A bare v3 session: send commands, read reply lines and 520-byte packets."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def line(self) -> str:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def cmd(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\r")
+        return self.line()
+
+    def packets(self, n: int) -> list[bytes]:
+        while len(self.buf) < 520 * n:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            self.buf += chunk
+        out = [self.buf[i * 520:(i + 1) * 520] for i in range(n)]
+        self.buf = self.buf[520 * n:]
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_protocol_commands_and_resume_after_restart(archive):
+    pkts = [p for p in archive.packets() if p.station == "OK_X34A" and p.cha == "HHZ"]
+    with ServerThread(archive, port=0) as server:
+        port = server.port
+        raw = Raw(port)
+        raw.sock.sendall(b"HELLO\r\n")
+        assert raw.line().startswith("SeedLink v3.1")
+        raw.line()
+        assert raw.cmd("STATION NOPE OK") == "ERROR"  # unknown station
+        assert raw.cmd("STATION X34A OK") == "OK"
+        assert raw.cmd("SELECT 12345678") == "ERROR"
+        assert raw.cmd("SELECT HHZ") == "OK"
+        assert raw.cmd(f"DATA {pkts[5].seq:06X}") == "OK"
+        raw.sock.sendall(b"END\r")
+        got = raw.packets(3)
+        raw.close()
+    assert [int(g[2:8], 16) for g in got] == [p.seq for p in pkts[5:8]]
+    assert [g[8:] for g in got] == [p.data for p in pkts[5:8]]
+    # a restarted server holds the same ring: the same sequence number gives the same packet
+    with ServerThread(archive, port=port) as server:
+        raw = Raw(port)
+        assert raw.cmd("STATION X34A OK") == "OK"
+        assert raw.cmd("SELECT HHZ") == "OK"
+        assert raw.cmd(f"DATA {pkts[6].seq:06X}") == "OK"
+        raw.sock.sendall(b"END\r")
+        assert raw.packets(1)[0] == b"SL%06X" % pkts[6].seq + pkts[6].data
+        raw.sock.sendall(b"BYE\r")
+        raw.close()
+
+
+def test_time_window_and_info(archive):
+    from seedlink_client import Protocol, SeedLink
+
+    with ServerThread(archive, port=0) as server:
+        sl = SeedLink("127.0.0.1", server.port, timeout=10, protocol=Protocol.V3)
+        sl.connect()
+        try:
+            ident = sl.info_dict("ID")
+            assert "seedlink" in ident
+            stations = sl.info_dict("STATIONS")["seedlink"]["station"]
+            assert sorted(f"{s['network']}_{s['name']}" for s in stations) == archive.stations
+            streams = sl.info_dict("STREAMS")["seedlink"]["station"]
+            lc30 = next(s for s in streams if s["name"] == "LC30")
+            assert sorted(s["seedname"] for s in lc30["stream"]) == ["HHE", "HHN", "HHZ"]
+        finally:
+            sl.close()
+        raw = Raw(server.port)
+        assert raw.cmd("STATION FNO OK") == "OK"
+        assert raw.cmd("SELECT 01HHZ") == "OK"
+        assert raw.cmd("TIME 2013,06,16,15,40,00 2013,06,16,15,40,10") == "OK"
+        raw.sock.sendall(b"END\r")
+        got = [obspy.read(io.BytesIO(p[8:]))[0] for p in raw.packets(2)]
+        raw.close()
+    assert all(tr.id == "OK.FNO.01.HHZ" for tr in got)
+    assert got[0].stats.starttime <= obspy.UTCDateTime(2013, 6, 16, 15, 40) < got[0].stats.endtime + 0.01
+
+
+def test_realtime_pacing_and_shift_to_now(archive):
+    from seedlink_client import Protocol, SeedLink
+
+    with ServerThread(archive, port=0, speed=60, shift_to_now=True) as server:
+        sl = SeedLink("127.0.0.1", server.port, timeout=10, protocol=Protocol.V3)
+        sl.add_stream("OK_FNO", "HHZ")  # plain DATA: only packets released from now on
+        sl.connect()
+        t0 = time.time()
+        got = []
+        for pkt in sl.collect(reconnect=False):
+            got.append(pkt.record().starttime)
+            if len(got) == 3:
+                break
+        sl.close()
+    assert abs(got[0] / 1e9 - t0) < 120  # data times are "now", not 2013
+    assert server.server.ring.end < len(archive.packets())  # paced: not everything released yet
+
+
+@pytest.mark.parametrize(("text", "loc", "cha", "want"), [
+    ("HH?", "", "HHZ", True), ("HH?", "00", "HHZ", True), ("BH?", "", "HHZ", False),
+    ("00HHZ", "00", "HHZ", True), ("00HHZ", "", "HHZ", False), ("--HHZ", "", "HHZ", True),
+    ("??Z", "", "EHZ", True), ("HHZ.D", "", "HHZ", True), ("HHZ.L", "", "HHZ", False),
+])
+def test_selectors(text, loc, cha, want):
+    assert selected([Selector.parse(text)], loc, cha) is want
+
+
+def test_negated_selector_and_times():
+    sels = [Selector.parse("HH?"), Selector.parse("!HHE")]
+    assert selected(sels, "", "HHZ") and not selected(sels, "", "HHE")
+    assert parse_time("2013,06,16,15,40,00") == 1371397200 * 10**9
+    with pytest.raises(ValueError):
+        Selector.parse("TOOLONGX")
