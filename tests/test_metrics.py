@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import urllib.request
 from collections import deque
 from pathlib import Path
@@ -15,8 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtpick.config import ConfigError, parse_config
 from rtpick.publish.metrics import MAX_CAUSES, Metrics, MetricsError, PipelineCollector, start_http_server
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_publish_messages import make_pick  # noqa: E402
+from tests.test_publish_messages import make_pick
 
 
 def test_observer_protocol_updates_bounded_series():
@@ -32,7 +30,6 @@ def test_observer_protocol_updates_bounded_series():
     metrics.on_batch(3, 0.05)
     metrics.on_pick(make_pick(), 12.0)
     metrics.on_pick(make_pick(phase="S", region="oklahoma"), 25.0)
-    metrics.on_reconnect("127.0.0.1:18000")
     metrics.set_model("seisbench:PhaseNet/original", "1", "ab" * 32)
     assert value("rtpick_records_total", {"station": "OK.SIO"}) == 4  # channels fold into NET.STA
     assert value("rtpick_samples_total", {"station": "OK.SIO"}) == 1600
@@ -46,7 +43,6 @@ def test_observer_protocol_updates_bounded_series():
     assert value("rtpick_picks_total", {"phase": "S", "region": "default"}) == 0  # pre-declared: rate() has data
     assert value("rtpick_pick_latency_seconds_bucket", {"le": "15.0"}) == 1
     assert value("rtpick_data_latency_seconds_count") == 4
-    assert value("rtpick_ingest_reconnects_total") == 1
     assert value("rtpick_model_info", {"region": "default", "model": "seisbench:PhaseNet/original", "version": "1", "sha256": "ab" * 32}) == 1
     build = [s for f in registry.collect() if f.name == "rtpick_build_info" for s in f.samples]
     assert len(build) == 1 and build[0].value == 1 and build[0].labels["version"]
@@ -120,3 +116,17 @@ def test_bad_listen_address_names_the_key():
         start_http_server("no-such-host.invalid:9733", CollectorRegistry())
     with pytest.raises(ConfigError, match=r"key 'metrics\.listen'"):
         parse_config({"metrics": {"listen": "9733"}})
+
+
+def test_ingest_collector():
+    from rtpick.publish.metrics import IngestCollector
+
+    stats = SimpleNamespace(connects=3, packets=120, duplicates=4, stale=1, errors={"timeout": 2}, state="streaming")
+    registry = CollectorRegistry()
+    registry.register(IngestCollector(SimpleNamespace(stats=stats)))
+    value = registry.get_sample_value
+    assert value("rtpick_ingest_reconnects_total") == 2
+    assert value("rtpick_ingest_packets_total") == 120
+    assert value("rtpick_ingest_errors_total", {"cause": "timeout"}) == 2
+    assert value("rtpick_ingest_state", {"state": "streaming"}) == 1
+    assert value("rtpick_ingest_state", {"state": "backoff"}) == 0

@@ -19,8 +19,7 @@ from rtpick.config import ConfigError, parse_config
 from rtpick.publish.messages import pick_message, validate_message
 from rtpick.publish.zmq import Publisher, PublishError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_publish_messages import make_event, make_pick  # noqa: E402
+from tests.test_publish_messages import make_event, make_pick
 
 REPO = Path(__file__).resolve().parents[1]
 _OPEN: list[zmq.Socket] = []  # subscriber sockets of the running test, closed by the context fixture
@@ -247,6 +246,6 @@ def test_rtpick_listen_times_out_and_reports_bad_keys(tmp_path):
 
 
 def make_status_doc():
-    from test_publish_messages import make_status
+    from tests.test_publish_messages import make_status
 
     return make_status()

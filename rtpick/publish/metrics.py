@@ -53,7 +53,6 @@ class Metrics:
         self.gaps = Counter("rtpick_gaps_total", "Gaps in a channel's data, by station.", ["station"], registry=r)
         self.overlaps = Counter("rtpick_overlaps_total", "Overlapping or duplicate records dropped, by station.", ["station"], registry=r)
         self.rejected = Counter("rtpick_records_rejected_total", "Records rejected as invalid or not selected, by cause.", ["cause"], registry=r)
-        self.reconnects = Counter("rtpick_ingest_reconnects_total", "Reconnections of the SeedLink client to its server.", registry=r)
         self.data_latency = Histogram(
             "rtpick_data_latency_seconds", "Wall clock at arrival minus the end time of the record's last sample.", buckets=DATA_LATENCY_BUCKETS, registry=r
         )
@@ -118,10 +117,6 @@ class Metrics:
 
     # -- other components ---------------------------------------------------------------------
 
-    def on_reconnect(self, server: str = "") -> None:  # noqa: ARG002 - one server per instance
-        """The SeedLink client reconnected."""
-        self.reconnects.inc()
-
     def on_event(self, final: bool) -> None:
         """An event revision was published."""
         self.events.labels("true" if final else "false").inc()
@@ -133,6 +128,14 @@ class Metrics:
     def watch(self, pipeline: Any, live_after_s: float = 60.0) -> PipelineCollector:
         """Register the scrape-time collector of ``pipeline``'s state."""
         collector = PipelineCollector(pipeline, live_after_s)
+        self.registry.register(collector)
+        return collector
+
+    def watch_ingest(self, ingest: Any) -> IngestCollector | None:
+        """Register the scrape-time collector of a SeedLink ingest's counters (if it has ``stats``)."""
+        if getattr(ingest, "stats", None) is None:
+            return None
+        collector = IngestCollector(ingest)
         self.registry.register(collector)
         return collector
 
@@ -182,6 +185,32 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("rtpick_windows_queued", "Windows waiting for the next batch.", value=len(self.pipeline.queue))
         stats = self.pipeline.stats
         yield CounterMetricFamily("rtpick_windows_dropped", "Windows lost to a buffer overrun (data overwritten before inference).", value=stats.windows_dropped)
+
+
+INGEST_STATES = ("idle", "connecting", "streaming", "backoff", "stopped")
+
+
+class IngestCollector(Collector):
+    """Scrape-time counters of the SeedLink ingest (``ingest.stats``)."""
+
+    def __init__(self, ingest: Any) -> None:
+        self.ingest = ingest
+
+    def collect(self) -> Iterable:
+        stats = self.ingest.stats
+        yield CounterMetricFamily("rtpick_ingest_connects", "Successful connections to the SeedLink server.", value=stats.connects)
+        yield CounterMetricFamily("rtpick_ingest_reconnects", "Connections after the first one (each follows a disconnect or error).", value=max(0, stats.connects - 1))
+        yield CounterMetricFamily("rtpick_ingest_packets", "SeedLink data packets received.", value=stats.packets)
+        yield CounterMetricFamily("rtpick_ingest_duplicates", "Packets dropped as already received (resume overlap).", value=stats.duplicates)
+        yield CounterMetricFamily("rtpick_ingest_stale", "Packets dropped as older than the buffer horizon.", value=stats.stale)
+        errors = CounterMetricFamily("rtpick_ingest_errors", "Ingest errors by cause (connection refused, timeouts, corrupt packets...).", labels=["cause"])
+        for cause, count in sorted(dict(stats.errors).items())[:MAX_CAUSES]:
+            errors.add_metric([cause], count)
+        yield errors
+        state = GaugeMetricFamily("rtpick_ingest_state", "Current ingest state (1 for the current one).", labels=["state"])
+        for name in INGEST_STATES:
+            state.add_metric([name], 1.0 if stats.state == name else 0.0)
+        yield state
 
 
 def _snapshot(mapping: dict) -> list:

@@ -24,11 +24,13 @@ from typing import Any, Iterable
 from prometheus_client import CollectorRegistry
 
 from rtpick.publish.messages import status_message
-from rtpick.publish.metrics import Metrics, rtpick_version, start_http_server
-from rtpick.publish.zmq import Publisher
+from rtpick.publish.metrics import Metrics, MetricsError, rtpick_version, start_http_server
+from rtpick.publish.zmq import Publisher, PublishError
 from rtpick.types import NS_PER_S, Event, Pick
 
 log = logging.getLogger(__name__)
+
+STARTUP_ERRORS = (PublishError, MetricsError)  # bad endpoint, port in use, missing CURVE key file
 
 
 class Outputs:
@@ -51,8 +53,11 @@ class Outputs:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self, pipeline: Any = None) -> Outputs:
-        """Bind the PUB socket and the metrics endpoint; attach ``pipeline`` if given."""
+    def start(self, pipeline: Any = None, ingest: Any = None) -> Outputs:
+        """Bind the PUB socket and the metrics endpoint; attach ``pipeline`` and ``ingest`` if given.
+
+        Raises one of :data:`STARTUP_ERRORS`, whose message names the config key.
+        """
         if self.publisher is not None:
             self.publisher.start()
         listen = self.config.metrics.listen
@@ -66,6 +71,8 @@ class Outputs:
             log.info("metrics on http://%s/metrics", self.metrics_address)
         if pipeline is not None:
             self.attach(pipeline)
+        if ingest is not None:
+            self.metrics.watch_ingest(ingest)
         return self
 
     def attach(self, pipeline: Any) -> None:

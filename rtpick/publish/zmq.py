@@ -15,6 +15,7 @@ per-topic sequence number, and a jump is a loss (``rtpick listen`` reports them)
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -129,9 +130,9 @@ class Publisher:
             socket.close(linger=0)
             self._stop_context()
             hint = {
-                zmq.EADDRINUSE: " (another rtpick instance or program uses it; choose another port)",
-                zmq.ENODEV: " (HOST must be an address or interface of this machine, or '*' for all)",
-                zmq.EADDRNOTAVAIL: " (HOST must be an address of this machine, or '*' for all)",
+                errno.EADDRINUSE: " (another rtpick instance or program uses it; choose another port)",
+                errno.ENODEV: " (HOST must be an address or interface of this machine, or '*' for all)",
+                errno.EADDRNOTAVAIL: " (HOST must be an address of this machine, or '*' for all)",
             }.get(exc.errno, "")
             raise PublishError(f"publish.endpoint: cannot bind {self.requested_endpoint!r}: {exc.strerror}{hint}") from None
         self._socket = socket

@@ -2,10 +2,9 @@
 
 - :class:`Notifier` sends ``READY=1``, ``WATCHDOG=1``, ``STATUS=…``, ``RELOADING=1``
   and ``STOPPING=1`` datagrams (a no-op when not run by systemd).
-- :class:`Watchdog` pings ``WATCHDOG=1`` at half of ``WatchdogSec`` *only while
-  the pipeline makes progress*: it calls a progress function (e.g. records
-  processed) and stays silent when the value stops changing for longer than
-  ``stall_s``, so systemd restarts a wedged daemon.
+- :class:`SystemdHook` plugs them into the daemon's life cycle (READY after
+  start-up, WATCHDOG only while the pipeline makes progress, STATUS, STOPPING,
+  SIGHUP reload).
 - :func:`reload_config` builds a new config from the file on SIGHUP and returns
   it only if valid (the old one stays in force otherwise); :func:`apply_thresholds`
   changes a running pipeline's pick thresholds without touching its buffers.
@@ -18,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -91,52 +90,108 @@ def watchdog_interval() -> float | None:
         return None
 
 
-class Watchdog:
-    """Pings ``WATCHDOG=1`` every ``interval`` seconds while ``progress()`` keeps changing.
+class SystemdHook:
+    """Daemon hook (see :class:`rtpick.service.daemon.DaemonHook`): sd_notify, watchdog, SIGHUP reload.
 
-    ``progress`` returns something that changes whenever the pipeline does work
-    (records ingested, heartbeats of an idle-but-connected ingest, …). If it has
-    not changed for ``stall_s`` the pings stop and systemd's ``WatchdogSec``
-    restarts the service.
+    - ``READY=1`` once the daemon started (models are loaded before) *and* the
+      ingest is connected (``ingest.stats.state == "streaming"``; an ingest
+      without that attribute, like a replay, counts as connected);
+    - ``WATCHDOG=1`` every ``WatchdogSec``/2, only while the pipeline thread makes
+      progress: each tick queues a no-op on the pipeline thread
+      (``daemon.call_in_pipeline``) and pings only once it ran, so a wedged
+      pipeline (inference hang, deadlock) stops the pings and systemd restarts it;
+    - ``STATUS=`` about every ``status_every_s``; ``STOPPING=1`` when the drain begins;
+    - SIGHUP: ``RELOADING=1``, re-read the config file, apply the pick thresholds
+      on the pipeline thread (buffers untouched), then ``READY=1``. An invalid file
+      is rejected and the running configuration stays.
     """
 
-    def __init__(self, notifier: Notifier, progress: Callable[[], Any], interval: float, stall_s: float) -> None:
-        self.notifier = notifier
-        self.progress = progress
-        self.interval = interval
-        self.stall_s = stall_s
+    def __init__(self, outputs: Any = None, config_path: str | None = None, ingest: Any = None,
+                 notifier: Notifier | None = None, status_every_s: float = 10.0) -> None:
+        self.outputs = outputs
+        self.config_path = config_path
+        self.ingest = ingest
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.interval = watchdog_interval()
+        self.status_every_s = status_every_s
+        self.ready_sent = False
         self.pings = 0
-        self.stalled = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rtpick-watchdog", daemon=True)
+        self.reloads = 0
+        self._beats = 0  # incremented on the pipeline thread
+        self._beat_queued = False
+        self._last_ping = 0.0
+        self._last_status = 0.0
 
-    def start(self) -> Watchdog:
-        self._thread.start()
-        return self
+    # -- hook interface -------------------------------------------------------------------
+    def on_ready(self, daemon: Any) -> None:
+        self.notifier.status("starting: connecting ingest")
+        self._maybe_ready(daemon)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def on_tick(self, daemon: Any) -> None:
+        self._maybe_ready(daemon)
+        now = time.monotonic()
+        if self.interval is not None and self._beats and now - self._last_ping >= self.interval:
+            # a beat ran on the pipeline thread since the last ping: it makes progress
+            self.notifier.watchdog()
+            self.pings += 1
+            self._last_ping = now
+            self._beats = 0
+        if not self._beat_queued:
+            self._beat_queued = True
+            daemon.call_in_pipeline(self._beat)
+        if self.ready_sent and now - self._last_status >= self.status_every_s:
+            self._last_status = now
+            self.notifier.status(self.status_line(daemon))
 
-    def _run(self) -> None:
-        last_value = self.progress()
-        last_change = time.monotonic()
-        while not self._stop.wait(self.interval):
-            value = self.progress()
-            now = time.monotonic()
-            if value != last_value:
-                last_value, last_change = value, now
-            if now - last_change <= self.stall_s:
-                if self.stalled:
-                    log.warning("pipeline progresses again: watchdog pings resume")
-                    self.stalled = False
-                self.notifier.watchdog()
-                self.pings += 1
-            elif not self.stalled:
-                self.stalled = True
-                log.error("no pipeline progress for %.0f s: watchdog pings stop (systemd will restart the service)", now - last_change)
-                self.notifier.status(f"stalled: no progress for {now - last_change:.0f} s")
+    def on_reload(self, daemon: Any) -> None:
+        self.notifier.reloading()
+        new = reload_config(self.config_path, daemon.config)
+        if new is daemon.config:
+            self.notifier.ready("reload rejected: see the log")
+            return
+        thresholds = dict(new.picking.thresholds)
+        for section in ("inference", "stream", "seedlink", "publish", "metrics"):
+            if getattr(new, section) != getattr(daemon.config, section):
+                log.warning("reload: [%s] changed but only picking.thresholds apply live; restart to apply it", section)
+
+        def apply(pipeline: Any) -> None:
+            changed = apply_thresholds(pipeline, thresholds)
+            daemon.config.picking.thresholds = thresholds
+            self.reloads += 1
+            self.notifier.ready(f"reloaded: thresholds {thresholds}" if changed else "reloaded: nothing to change")
+
+        daemon.call_in_pipeline(apply)
+
+    def on_stopping(self, daemon: Any) -> None:  # noqa: ARG002 - hook signature
+        if self.outputs is not None:
+            self.outputs.state = "draining"
+        self.notifier.stopping("draining: finishing pending windows, publishing picks, saving state")
+
+    # -- helpers --------------------------------------------------------------------------
+    def _beat(self, pipeline: Any) -> None:  # noqa: ARG002 - runs on the pipeline thread
+        self._beats += 1
+        self._beat_queued = False
+
+    def _maybe_ready(self, daemon: Any) -> None:
+        if self.ready_sent or daemon.stopping:
+            return
+        stats = getattr(self.ingest, "stats", None)
+        if stats is not None and getattr(stats, "state", "streaming") != "streaming":
+            return
+        self.ready_sent = True
+        if self.outputs is not None:
+            self.outputs.set_ready(True)
+        self.notifier.ready("running")
+        log.info("ready (sd_notify READY=1%s)", f", watchdog every {self.interval:g} s" if self.interval else "")
+
+    def status_line(self, daemon: Any) -> str:
+        parts = [f"{daemon.stats.records_fed} records", f"{daemon.stats.picks_published} picks"]
+        if self.outputs is not None:
+            status = self.outputs.status()
+            parts.append(f"{status['stations_live']}/{status['stations_total']} stations live")
+            if status["lag_s"] is not None:
+                parts.append(f"lag {status['lag_s']:.1f} s")
+        return "running: " + ", ".join(parts)
 
 
 def reload_config(path: str | None, current: Any) -> Any:
