@@ -153,9 +153,10 @@ def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
         stripped = line.strip()
         header = re.match(r"^\[([^\]]+)\]$", stripped)
         if header:
-            in_section = header.group(1).strip() == section
-            if in_section and len(keys) == 1:
+            name = header.group(1).strip()
+            if name == ".".join(keys):  # the key is a table
                 return number
+            in_section = name == section
             continue
         if in_section and re.match(rf"^{re.escape(keys[-1])}\s*=", stripped):
             return number

@@ -1,0 +1,193 @@
+"""Throughput of the whole streaming pipeline vs SeisBench annotate vs the raw model forward.
+
+Prints (never asserts) station-seconds of data processed per wall second for:
+
+* ``rtpick``   — records → buffers → numba preprocessing → batched model → stacking → picks
+* ``annotate`` — SeisBench ``PhaseNet.annotate`` on the same data, same overlap, threads, batch size
+* ``forward``  — the raw model forward on pre-made tensors at the engine's batch size: the ceiling
+
+Contenders are interleaved and repeated; medians with min/max are reported.
+Peak RSS is measured in a child process per station count (``--rss-stations``),
+with data streamed in so that only the configured buffer seconds are held.
+
+    python bench/throughput.py                      # defaults: 20 stations x 600 s, strides 10 and 15 s
+    python bench/throughput.py --stations 50 --seconds 300 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if "SEISBENCH_CACHE_ROOT" not in os.environ:
+    _cache = Path(tempfile.mkdtemp(prefix="rtpick-bench-cache-"))
+    shutil.copytree(REPO.parent / "shared" / "seisbench-cache", _cache, dirs_exist_ok=True)
+    os.environ["SEISBENCH_CACHE_ROOT"] = str(_cache)
+
+import numpy as np  # noqa: E402
+import obspy  # noqa: E402
+import torch  # noqa: E402
+
+from rtpick.config import Config  # noqa: E402
+from rtpick.inference.models import load_model  # noqa: E402
+from rtpick.ingest.replay import records_from_arrays  # noqa: E402
+from rtpick.pipeline import Pipeline  # noqa: E402
+from rtpick.types import NS_PER_S  # noqa: E402
+
+T0_NS = 1_700_000_000 * NS_PER_S
+
+
+def synthetic_channels(stations: int, seconds: int, seed: int = 0):
+    """(stream id, int32 counts) of noise with a few wavelets, 100 Hz, three components per station."""
+    rng = np.random.default_rng(seed)
+    n = seconds * 100
+    t = np.arange(n) / 100.0
+    for s in range(stations):
+        for comp in "ZNE":
+            x = rng.normal(0.0, 200.0, n)
+            for arrival in rng.uniform(10, seconds - 10, size=max(1, seconds // 120)):
+                tau = t - arrival
+                x += 4000.0 * np.exp(-((tau / 0.5) ** 2)) * np.sin(2 * np.pi * 6 * tau)
+            yield f"XX.S{s:04d}..HH{comp}", x.astype(np.int32)
+
+
+def make_records(stations: int, seconds: int, record_samples: int = 412):
+    """Records in arrival order (by end time) across all channels."""
+    recs = []
+    for sid, data in synthetic_channels(stations, seconds):
+        recs.extend(records_from_arrays(sid, T0_NS, 100.0, data, record_samples))
+    recs.sort(key=lambda r: (r.end_ns, r.stream_id))
+    return recs
+
+
+def make_stream(stations: int, seconds: int) -> obspy.Stream:
+    stream = obspy.Stream()
+    for sid, data in synthetic_channels(stations, seconds):
+        net, sta, loc, cha = sid.split(".")
+        stream += obspy.Trace(data, header={"network": net, "station": sta, "location": loc, "channel": cha, "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(T0_NS / NS_PER_S)})
+    return stream
+
+
+def bench_config(stride_s: float, threads: int, batch: int) -> Config:
+    cfg = Config()
+    cfg.inference.overlap_s = (3001 - round(stride_s * 100)) / 100  # PhaseNet: 3001-sample windows
+    cfg.inference.threads = threads
+    cfg.inference.batch_size = batch
+    return cfg
+
+
+def run_rtpick(cfg: Config, loaded, records) -> tuple[float, int]:
+    pipe = Pipeline(cfg, loaded)
+    t0 = time.perf_counter()
+    for rec in records:
+        pipe.feed(rec)
+    pipe.flush()
+    return time.perf_counter() - t0, pipe.stats.windows
+
+
+def run_annotate(model, stream: obspy.Stream, overlap: int, batch: int) -> float:
+    t0 = time.perf_counter()
+    model.annotate(stream, overlap=overlap, batch_size=batch)
+    return time.perf_counter() - t0
+
+
+def run_forward(model, windows: int, batch: int) -> float:
+    x = torch.randn(batch, 3, model.in_samples)
+    with torch.inference_mode():
+        model(x)  # warm-up
+        t0 = time.perf_counter()
+        done = 0
+        while done < windows:
+            model(x[: min(batch, windows - done)])
+            done += batch
+    return time.perf_counter() - t0
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):9.0f}  (min {min(values):.0f}, max {max(values):.0f})"
+
+
+def rss_child(stations: int, seconds: int, buffer_seconds: float) -> None:
+    """Child mode: stream data in chunks (never all in memory) and print peak RSS in MiB."""
+    loaded = load_model("seisbench:PhaseNet/original")
+    cfg = bench_config(10.0, 2, 64)
+    cfg.stream.buffer_seconds = buffer_seconds
+    pipe = Pipeline(cfg, loaded)
+    rng = np.random.default_rng(1)
+    chunk_s = 10
+    for c in range(seconds // chunk_s):
+        start = T0_NS + c * chunk_s * NS_PER_S
+        for s in range(stations):
+            for comp in "ZNE":
+                data = rng.normal(0, 200.0, chunk_s * 100).astype(np.int32)
+                for rec in records_from_arrays(f"XX.S{s:04d}..HH{comp}", start, 100.0, data, 412):
+                    pipe.feed(rec)
+    pipe.flush()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stations", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=600)
+    ap.add_argument("--strides", type=float, nargs="+", default=[10.0, 15.0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rss-stations", type=int, nargs="*", default=[100, 500])
+    ap.add_argument("--rss-seconds", type=int, default=240)
+    ap.add_argument("--buffer-seconds", type=float, default=120.0)
+    ap.add_argument("--rss-child", nargs=3, type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        torch.set_num_threads(2)
+        rss_child(int(args.rss_child[0]), int(args.rss_child[1]), args.rss_child[2])
+        return
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model("seisbench:PhaseNet/original")
+    model = loaded.model
+    station_seconds = args.stations * args.seconds
+    print(f"# rtpick throughput: {args.stations} stations x {args.seconds} s at 100 Hz, 3 components, "
+          f"window 30 s, batch {args.batch}, torch threads {args.threads}, {args.repeats} interleaved repeats")
+    records = make_records(args.stations, args.seconds)
+    stream = make_stream(args.stations, args.seconds)
+    run_rtpick(bench_config(10.0, args.threads, args.batch), loaded, records[: len(records) // 10])  # numba/JIT warm-up
+    for stride in args.strides:
+        cfg = bench_config(stride, args.threads, args.batch)
+        overlap = model.in_samples - int(round(stride * 100))
+        results: dict[str, list[float]] = {"rtpick": [], "annotate": [], "forward": []}
+        windows = 0
+        for _ in range(args.repeats):
+            seconds, windows = run_rtpick(cfg, loaded, records)
+            results["rtpick"].append(station_seconds / seconds)
+            results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
+            results["forward"].append(station_seconds / run_forward(model, windows, args.batch))
+        fwd = statistics.median(results["forward"])
+        print(f"\nstride {stride:.0f} s ({windows} windows per run)       station-seconds/s")
+        for name in ("forward", "rtpick", "annotate"):
+            ratio = statistics.median(results[name]) / fwd
+            print(f"  {name:9s} {summary(results[name])}   {100 * ratio:5.1f} % of raw forward")
+        per = [r / f for r, f in zip(results["rtpick"], results["forward"])]
+        print(f"  rtpick/forward per repeat: {', '.join(f'{100 * p:.1f} %' for p in per)}; "
+              f"rtpick/annotate: {statistics.median(results['rtpick']) / statistics.median(results['annotate']):.2f}x")
+    print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    for n in args.rss_stations:
+        for seconds in (args.rss_seconds // 2, args.rss_seconds):
+            out = subprocess.run([sys.executable, __file__, "--rss-child", str(n), str(seconds), str(args.buffer_seconds)],
+                                 capture_output=True, text=True, check=True, env=os.environ.copy())
+            print(f"peak RSS, {n} stations x {seconds} s streamed, buffer {args.buffer_seconds:.0f} s: "
+                  f"{float(out.stdout.strip().splitlines()[-1]):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
