@@ -91,7 +91,7 @@ class SeedLinkConfig(Section):
 class PublishConfig(Section):
     """ZeroMQ publication of picks, events and status heartbeats."""
 
-    endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint to bind ('tcp://HOST:PORT' or 'ipc:///path'); empty = do not publish.")
+    endpoint: str = Field("", description="ZeroMQ PUB endpoint to bind, e.g. 'tcp://127.0.0.1:5555' (this host), 'tcp://*:5555' (all interfaces) or 'ipc:///run/rtpick/picks'; empty = do not publish.")
     sndhwm: int = Field(10000, ge=1, description="Send high-water mark: messages queued per subscriber before further messages to it are dropped (and counted).")
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between rtpick.status/1 heartbeats.")
     linger_s: float = Field(1.0, ge=0, description="On shutdown, how long queued messages may still be sent before the socket closes.")
@@ -109,7 +109,7 @@ class PublishConfig(Section):
 class MetricsConfig(Section):
     """Prometheus metrics endpoint."""
 
-    listen: str = Field("127.0.0.1:9733", description="HOST:PORT of the Prometheus /metrics HTTP endpoint; empty = no endpoint.")
+    listen: str = Field("", description="HOST:PORT of the Prometheus /metrics HTTP endpoint, e.g. '127.0.0.1:9733' (port 0 = any free port); empty = no endpoint.")
     live_after_s: float = Field(60.0, gt=0, description="A station counts as live while its newest data is younger than this (rtpick_stations_live, status heartbeat).")
 
     @field_validator("listen")
