@@ -183,8 +183,8 @@ def write_report(report: dict, path: str | Path) -> Path:
     return path
 
 
-def plot_report(report: dict, out_dir: str | Path, learning_curve: dict | None = None) -> list[Path]:
-    """PNG plots: residual histograms, recall vs SNR, and (if given) F1 vs number of training examples."""
+def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """PNG plots: residual histograms and recall vs SNR (the learning curve vs N is drawn by bench/adaptation.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,23 +224,4 @@ def plot_report(report: dict, out_dir: str | Path, learning_curve: dict | None =
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    if learning_curve:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, pts in learning_curve.items():
-            if label.startswith("_"):
-                continue
-            pts = sorted(pts)
-            n = [p[0] for p in pts]
-            ax.errorbar(n, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
-        for key, style in (("_baseline", "k--"), ("_ceiling", "k:")):
-            if key in learning_curve:
-                ax.axhline(learning_curve[key], color="k", ls=style[1:], label=key[1:])
-        ax.set_xscale("log")
-        ax.set_xlabel("target training examples N")
-        ax.set_ylabel("F1 (test)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / "learning_curve.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
     return paths
