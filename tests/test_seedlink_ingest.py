@@ -1,0 +1,341 @@
+"""SeedLink ingest: resume across server restarts, malformed traffic, state file, selectors, backoff."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import socket
+import threading
+import time
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import obspy
+import pytest
+
+from rtpick.config import SeedLinkConfig
+from rtpick.ingest.seedlink import SeedLinkIngest, StreamSelector, backoff_delay, parse_selectors
+from rtpick.ingest.state import STATE_FORMAT, IngestState, load_state, save_state
+from rtpick.seedlink_server.archive import Archive
+from rtpick.seedlink_server.server import ServerThread
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def archive(oklahoma_dir):
+    return Archive([oklahoma_dir])
+
+
+def _cfg(port: int, **kw) -> SeedLinkConfig:
+    base = dict(server=f"127.0.0.1:{port}", streams=["OK_*"], netto_s=2.0, reconnect_min_s=0.05, reconnect_max_s=0.3)
+    base.update(kw)
+    return SeedLinkConfig(**base)
+
+
+class Consumer:
+    """Runs an ingest in a thread and keeps what it yields."""
+
+    def __init__(self, ingest: SeedLinkIngest):
+        self.ingest = ingest
+        self.items: list = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for record, pos in self.ingest.records_with_position():
+                self.items.append((record, pos))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.items) < n and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.ingest.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        assert self.error is None
+
+
+def test_resume_across_five_server_restarts(archive, oklahoma_dir):
+    """Server killed and restarted 5 times mid-replay: per channel 0 samples lost, 0 duplicated."""
+    total = len(archive.packets())
+    origin = time.time_ns()  # same clock origin = same ring after restart
+    port = free_port()
+    server = ServerThread(archive, port=port, speed=60, origin_ns=origin).start()
+    consumer = Consumer(SeedLinkIngest(_cfg(port, begin_time="2013-06-16T15:37:00Z")))
+    try:
+        for i in range(5):
+            consumer.wait_for(total * (i + 1) // 7, timeout=30)
+            server.stop()
+            time.sleep(0.2)
+            server = ServerThread(archive, port=port, speed=60, origin_ns=origin).start()
+        consumer.wait_for(total, timeout=60)
+    finally:
+        consumer.stop()
+        server.stop()
+    assert consumer.ingest.stats.connects >= 6
+    got = defaultdict(list)
+    for record, _ in consumer.items:
+        got[record.stream_id].append(record)
+    for path in sorted(oklahoma_dir.glob("*.msd")):
+        st = obspy.read(str(path))
+        st.sort(keys=["starttime"])
+        want = np.concatenate([tr.data for tr in st]).astype(np.int32)
+        recs = sorted(got[st[0].id], key=lambda r: r.start_ns)
+        assert len({r.start_ns for r in recs}) == len(recs), f"{st[0].id}: duplicated records"
+        have = np.concatenate([r.samples for r in recs]).astype(np.int32)
+        assert have.size == want.size and zlib.crc32(have.tobytes()) == zlib.crc32(want.tobytes()), st[0].id
+
+
+# ---------------------------------------------------------------------------- malformed traffic
+class FakeServer:
+    """Speaks just enough SeedLink v3 to get past negotiation, then runs ``scenario(conn, n, requested)``."""
+
+    def __init__(self, scenario, answer: bool = True):
+        self.scenario, self.answer = scenario, answer
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[str] = []
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self._conns.append(conn)
+            self.connections += 1
+            threading.Thread(target=self._session, args=(conn, self.connections), daemon=True).start()
+
+    def _session(self, conn: socket.socket, n: int):
+        conn.settimeout(5)
+        buf = b""
+        try:
+            while True:
+                while b"\r" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                line, buf = buf.split(b"\r", 1)
+                buf = buf.lstrip(b"\n")
+                cmd = line.decode().strip()
+                if not self.answer:
+                    self._stop.wait(10)
+                    return
+                if cmd == "HELLO":
+                    conn.sendall(b"SeedLink v3.1 (fake) :: SLPROTO:3.1\r\nfake\r\n")
+                elif cmd == "END":
+                    self.scenario(conn, n, self.requests)
+                    return
+                elif cmd.startswith(("STATION", "SELECT", "DATA", "TIME")):
+                    self.requests.append(cmd)
+                    conn.sendall(b"OK\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def fno(archive):
+    pkts = [p for p in archive.packets() if p.station == "OK_FNO" and p.cha == "HHZ"]
+    other = next(p for p in archive.packets() if p.station == "OK_X34A")
+    return pkts, other
+
+
+def _packet(p, seq=None) -> bytes:
+    return b"SL%06X" % (p.seq if seq is None else seq) + p.data
+
+
+def _run_scenario(scenario, caplog, answer=True, want=2, timeout=15.0):
+    server = FakeServer(scenario, answer=answer)
+    ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_FNO"], netto_s=1.0, begin_time="2013-06-16T15:37:00Z"))
+    consumer = Consumer(ingest)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (len(consumer.items) < want or server.connections < 3):
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        server.stop()
+    return consumer, server
+
+
+def _logged(caplog, cause: str) -> int:
+    pattern = re.compile(rf" {cause}[: ]")
+    return sum(1 for r in caplog.records if r.levelno >= logging.WARNING and pattern.search(r.getMessage()))
+
+
+def _scenario_then_good(bad: callable):
+    """Connection 1: packet 1 then something bad; later connections: resume correctly, then bad again."""
+
+    def scenario(conn, n, requests):
+        pkts, other = _FNO
+        words = requests[-1].split()
+        first = int(words[1], 16) if words[0] == "DATA" and len(words) > 1 else 1
+        for p in pkts[:2]:
+            if p.seq >= first:
+                conn.sendall(_packet(p))  # the next good packet the client asked for
+                break
+        bad(conn, pkts, other)
+        time.sleep(0.3)
+
+    return scenario
+
+
+_FNO = None
+
+
+@pytest.fixture(autouse=True)
+def _share_packets(fno):
+    global _FNO
+    _FNO = fno
+
+
+@pytest.mark.parametrize(("name", "bad", "cause"), [
+    ("truncated", lambda c, p, o: c.sendall(_packet(p[1])[:300]), "disconnected"),
+    ("bad_sequence", lambda c, p, o: c.sendall(b"SLZZZZZZ" + p[1].data), "bad_header"),
+    ("not_miniseed", lambda c, p, o: c.sendall(b"SL000099" + b"x" * 512), "not_miniseed"),
+    ("garbage", lambda c, p, o: c.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + b"\0" * 600), "bad_header"),
+])
+def test_malformed_traffic_counted_logged_once_and_reconnects(caplog, name, bad, cause):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    consumer, server = _run_scenario(_scenario_then_good(bad), caplog)
+    pkts, _ = _FNO
+    starts = [r.start_ns for r, _ in consumer.items]
+    assert starts == [pkts[0].start_ns, pkts[1].start_ns], name  # each good packet exactly once, in order
+    assert server.connections >= 3  # reconnect logic goes on
+    assert consumer.ingest.stats.errors.get(cause, 0) >= 2, consumer.ingest.stats.errors
+    assert _logged(caplog, cause) == 1  # logged once per cause and station
+    # resumed right after the last good sequence number (with its time as the server's fallback)
+    assert any(re.match(rf"DATA 0*{pkts[0].seq + 1:X} ", r) for r in server.requests), server.requests
+
+
+def test_unknown_station_is_counted_and_dropped(caplog, fno):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    pkts, other = fno
+
+    def scenario(conn, n, requests):
+        conn.sendall(_packet(other) + _packet(pkts[0]) + _packet(other))
+        time.sleep(1.5)
+
+    consumer, server = _run_scenario(scenario, caplog, want=1, timeout=3)
+    assert [r.stream_id for r, _ in consumer.items] == ["OK.FNO.01.HHZ"]
+    assert consumer.ingest.stats.errors["unexpected_station"] >= 2
+    assert _logged(caplog, "unexpected_station") == 1
+    assert any("[OK_X34A]" in r.getMessage() for r in caplog.records)
+
+
+def test_server_that_never_answers(caplog):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    consumer, server = _run_scenario(lambda *a: None, caplog, answer=False, want=0, timeout=6)
+    assert server.connections >= 2  # timed out and tried again
+    assert consumer.ingest.stats.errors.get("timeout", 0) >= 1
+    assert consumer.items == []
+
+
+def test_connection_refused_backs_off(caplog):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    ingest = SeedLinkIngest(_cfg(free_port()))
+    consumer = Consumer(ingest)
+    time.sleep(1.0)
+    consumer.stop()
+    assert 2 <= ingest.stats.errors["connect_failed"] < 30
+    assert _logged(caplog, "connect_failed") == 1
+    assert any("backoff" in r.getMessage() for r in caplog.records)
+
+
+def test_backoff_grows_with_jitter_and_caps():
+    rng = random.Random(1)
+    delays = [backoff_delay(i, 0.5, 30.0, rng) for i in range(12)]
+    assert 0.25 <= delays[0] <= 0.75
+    assert all(d <= 45.0 for d in delays) and delays[-1] >= 15.0
+    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered
+
+
+def test_resume_from_state_and_dedupe(archive):
+    """A state with sequence numbers resumes after them; records at or before the saved end are dropped."""
+    pkts = [p for p in archive.packets() if p.station == "OK_SIO"]
+    last = pkts[9]
+    state = IngestState(stations={"OK_SIO": last.seq}, channels={last.stream_id: last.end_ns})
+    with ServerThread(archive, port=0) as server:
+        ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_SIO"]), resume=state)
+        consumer = Consumer(ingest)
+        consumer.wait_for(len(pkts) - 10, timeout=20)
+        consumer.stop()
+    assert [pos[1] for _, pos in consumer.items] == [p.seq for p in pkts[10:]]
+
+
+@pytest.mark.parametrize(("text", "station", "channels"), [
+    ("OK_FNO", "OK_FNO", ()), ("OK_*:HH? BH?", "OK_*", ("HH?", "BH?")), ("ok_x34a:00HHZ", "OK_X34A", ("00HHZ",)),
+])
+def test_selector_parsing(text, station, channels):
+    sel = StreamSelector.parse(text)
+    assert (sel.station, sel.channels) == (station, channels)
+
+
+def test_slinktool_style_list_and_bad_selector():
+    assert [s.station for s in parse_selectors("OK_FNO:HHZ,OK_X3*:BH? EH?")] == ["OK_FNO", "OK_X3*"]
+    with pytest.raises(ValueError):
+        StreamSelector.parse("FNO")
+
+
+def test_wildcards_expand_against_info_stations(archive):
+    with ServerThread(archive, port=0) as server:
+        ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_?3*:HHZ"], begin_time="2013-06-16T15:37:00Z"))
+        consumer = Consumer(ingest)
+        consumer.wait_for(10, timeout=20)
+        consumer.stop()
+    assert {r.stream_id for r, _ in consumer.items} <= {"OK.X34A..HHZ", "OK.W35A..EHZ", "OK.U32A..HHZ"}
+    assert {r.stream_id for r, _ in consumer.items} >= {"OK.X34A..HHZ"}
+
+
+# ---------------------------------------------------------------------------- state file
+def test_state_roundtrip_is_atomic(tmp_path):
+    path = tmp_path / "sl.state"
+    state = IngestState(stations={"OK_FNO": 12}, channels={"OK.FNO.01.HHZ": 5}, picks={"OK.FNO.01.HHZ|P": [7]})
+    save_state(path, state)
+    save_state(path, state)
+    assert load_state(path) == state
+    assert json.loads(path.read_text())["format"] == STATE_FORMAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sl.state"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": "other/9"}', '{"format": "%s", "stations": {"X": -1}}' % STATE_FORMAT])
+def test_corrupt_state_is_moved_aside(tmp_path, caplog, content):
+    path = tmp_path / "sl.state"
+    path.write_text(content)
+    with caplog.at_level(logging.ERROR, logger="rtpick.ingest.state"):
+        state = load_state(path)
+    assert state == IngestState()
+    assert not path.exists() and (tmp_path / "sl.state.corrupt").read_text() == content
+    assert len([r for r in caplog.records if "corrupt" in r.getMessage()]) == 1
+
+
+def test_missing_state_is_empty(tmp_path):
+    assert load_state(tmp_path / "none") == IngestState()
