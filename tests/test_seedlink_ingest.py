@@ -75,7 +75,10 @@ def test_resume_across_five_server_restarts(archive, oklahoma_dir):
     consumer = Consumer(SeedLinkIngest(_cfg(port, begin_time="2013-06-16T15:37:00Z")))
     try:
         for i in range(5):
-            consumer.wait_for(total * (i + 1) // 7, timeout=30)
+            consumer.wait_for(max(total * (i + 1) // 7, len(consumer.items) + 1), timeout=30)
+            deadline = time.monotonic() + 10
+            while consumer.ingest.stats.state != "streaming" and time.monotonic() < deadline:
+                time.sleep(0.02)
             server.stop()
             time.sleep(0.2)
             server = ServerThread(archive, port=port, speed=60, origin_ns=origin).start()
