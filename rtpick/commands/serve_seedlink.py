@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay speed: 0 = whole archive at once (default), 1 = real time, 10 = 10x")
     parser.add_argument("--shift-to-now", action="store_true", help="shift data times so the archive starts now")
     parser.add_argument("--loop", action="store_true", help="replay the archive again and again (times shifted)")
+    parser.add_argument("--origin", type=float, metavar="UNIX_TIME",
+                        help="wall time (s since 1970) at which the archive's first sample is released; give the same "
+                        "value after a restart to get the same ring at the same moment (default: now)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         server = ReplayServer(archive, host=args.host, port=args.port, speed=args.speed,
-                              shift_to_now=args.shift_to_now, loop=args.loop)
+                              shift_to_now=args.shift_to_now, loop=args.loop,
+                              origin_ns=None if args.origin is None else int(args.origin * 1e9))
         await server.start()
         print(f"listening on {args.host}:{server.port}", flush=True)
         stop = asyncio.Event()

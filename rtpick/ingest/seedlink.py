@@ -99,6 +99,8 @@ class SeedLinkIngest:
         self._stop = threading.Event()
         self._logged: set[tuple[str, str]] = set()
         self._conn: SeedLink | None = None
+        self._wanted_cache: dict[str, bool] = {}
+        self._sid_cache: dict[str, str] = {}
 
     # -- public ---------------------------------------------------------------
     def stop(self) -> None:
@@ -245,21 +247,34 @@ class SeedLinkIngest:
             if item is not None:
                 yield item
 
+    def _wanted(self, key: str) -> bool:
+        ok = self._wanted_cache.get(key)
+        if ok is None:
+            ok = self._wanted_cache[key] = any(fnmatch.fnmatchcase(key, sel.station) for sel in self.selectors)
+        return ok
+
+    def _stream_id(self, sourceid: str) -> str:
+        sid = self._sid_cache.get(sourceid)
+        if sid is None:
+            sid = self._sid_cache[sourceid] = ".".join(sourceid2nslc(sourceid))
+        return sid
+
     def _decode(self, frame) -> tuple[Record, Position] | None:
         key, seq = frame.station_id, frame.seqnum
-        if not any(fnmatch.fnmatchcase(key, sel.station) for sel in self.selectors):
+        if not self._wanted(key):
             self._count("unexpected_station", key, "packet for a station that was not requested")
             return None
         try:
-            rec = MS3Record.parse(frame.payload, unpack_data=True)
-            net, sta, loc, cha = sourceid2nslc(rec.sourceid)
+            rec = frame.record if frame.record is not None else MS3Record.parse(frame.payload)
+            rec.unpack_data()
             samples = np.array(rec.np_datasamples, copy=True)
+            stream_id = self._stream_id(rec.sourceid)
         except Exception as exc:  # noqa: BLE001 - pymseed raises several types for bad records
             self._count("bad_record", key, f"undecodable miniSEED: {exc}")
             return None
         if rec.samprate <= 0 or samples.size == 0 or rec.sampletype not in ("i", "f", "d"):
             return None  # log/calibration/empty records carry no waveform
-        record = Record(f"{net}.{sta}.{loc}.{cha}", int(rec.starttime), float(rec.samprate), samples)
+        record = Record(stream_id, int(rec.starttime), float(rec.samprate), samples)
         last_seq = self.seq.get(key)
         end_prev = self.chan_end.get(record.stream_id)
         if end_prev is not None and record.end_ns <= end_prev:
