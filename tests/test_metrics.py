@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtpick.config import ConfigError, parse_config
-from rtpick.publish.metrics import MAX_CAUSES, Metrics, MetricsError, PipelineCollector, start_http_server
+from rtpick.publish.metrics import MAX_CAUSES, REJECT_CAUSES, Metrics, MetricsError, PipelineCollector, start_http_server
 
 from tests.test_publish_messages import make_pick
 
@@ -56,7 +56,9 @@ def test_rejection_causes_are_capped():
         metrics.on_rejected("XX.BAD..HHZ", f"cause{i}")
     causes = {s.labels["cause"] for f in registry.collect() if f.name == "rtpick_records_rejected" for s in f.samples if s.name.endswith("_total")}
     assert len(causes) == MAX_CAUSES + 1 and "other" in causes
-    assert registry.get_sample_value("rtpick_records_rejected_total", {"cause": "other"}) == 10
+    assert registry.get_sample_value("rtpick_records_rejected_total", {"cause": "non_finite"}) == 0  # pre-declared
+    n_new = MAX_CAUSES - len(REJECT_CAUSES)
+    assert registry.get_sample_value("rtpick_records_rejected_total", {"cause": "other"}) == 2 * (MAX_CAUSES + 5 - n_new)
 
 
 def fake_pipeline(now: float):

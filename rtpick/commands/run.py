@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.ingest.seedlink import SeedLinkIngest
     from rtpick.ingest.state import load_state
     from rtpick.pipeline import Pipeline
+    from rtpick.publish.outputs import STARTUP_ERRORS, Outputs
     from rtpick.service.daemon import Daemon
+    from rtpick.service.systemd import SystemdHook
 
     try:
         model = load_model(config.inference.model, config.inference.device)
@@ -78,14 +80,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"model error: {exc}", file=sys.stderr)
         return 3
     state = load_state(config.seedlink.state_file)
+    outputs = Outputs(config)  # ZeroMQ, Prometheus, status heartbeat (rtpick.publish)
+    pipeline = Pipeline(config, model, observer=outputs.metrics)
     try:
         ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds)
         sinks = build_sinks(config, args)
-    except (ValueError, OSError) as exc:
+        outputs.start(pipeline, ingest)
+    except (ValueError, OSError, *STARTUP_ERRORS) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         return 4
-    daemon = Daemon(config, ingest, sinks, pipeline=Pipeline(config, model), state=state,
-                    state_path=config.seedlink.state_file, audit_path=args.audit_log)
+    daemon = Daemon(config, ingest, [*sinks, outputs], pipeline=pipeline, state=state,
+                    state_path=config.seedlink.state_file, audit_path=args.audit_log,
+                    hooks=[SystemdHook(outputs, args.config, ingest)])
     log.info("rtpick run: %s streams %s, state %s (%d stations to resume)", config.seedlink.server,
              list(config.seedlink.streams), config.seedlink.state_file, len(state.stations))
     code = daemon.run()

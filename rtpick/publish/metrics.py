@@ -24,6 +24,10 @@ from rtpick.types import NS_PER_S, Pick
 log = logging.getLogger(__name__)
 
 MAX_CAUSES = 16  # distinct rejection causes before further ones are counted as "other"
+# Declared at 0 from the start, so rate()/increase() have data before the first one happens
+# (the pipeline's and the SeedLink client's cause names; others still appear when they occur).
+REJECT_CAUSES = ("bad_sampling_rate", "bad_samples", "non_finite", "bad_stream_id", "channel_not_selected", "unknown_component")
+INGEST_ERROR_CAUSES = ("connect_failed", "disconnected", "timeout", "protocol_error", "bad_record")
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 DATA_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -78,7 +82,7 @@ class Metrics:
         for final in ("false", "true"):
             self.events.labels(final)
         self._station: dict[str, tuple[Any, Any]] = {}
-        self._causes: dict[str, Any] = {}
+        self._causes: dict[str, Any] = {cause: self.rejected.labels(cause) for cause in REJECT_CAUSES}
 
     # -- pipeline observer protocol -----------------------------------------------------------
 
@@ -204,7 +208,9 @@ class IngestCollector(Collector):
         yield CounterMetricFamily("rtpick_ingest_duplicates", "Packets dropped as already received (resume overlap).", value=stats.duplicates)
         yield CounterMetricFamily("rtpick_ingest_stale", "Packets dropped as older than the buffer horizon.", value=stats.stale)
         errors = CounterMetricFamily("rtpick_ingest_errors", "Ingest errors by cause (connection refused, timeouts, corrupt packets...).", labels=["cause"])
-        for cause, count in sorted(dict(stats.errors).items())[:MAX_CAUSES]:
+        counts = dict.fromkeys(INGEST_ERROR_CAUSES, 0)
+        counts.update(dict(stats.errors))
+        for cause, count in sorted(counts.items())[:MAX_CAUSES]:
             errors.add_metric([cause], count)
         yield errors
         state = GaugeMetricFamily("rtpick_ingest_state", "Current ingest state (1 for the current one).", labels=["state"])
