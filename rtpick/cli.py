@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Pick on miniSEED files as a stream; picks as JSON lines on stdout."),
     "check-config": ("check_config", "Validate a config file (or print the example config)."),
+    "listen": ("listen", "Subscribe to a running rtpick over ZeroMQ and print its messages as JSON lines."),
+    "plot": ("plot", "PNG of waveforms, P/S probabilities and picks for a time window or an event."),
     "run": ("run", "The daemon: SeedLink ingest -> picks (JSON lines on stdout with --stdout)."),
     "serve-seedlink": ("serve_seedlink", "Replay miniSEED files as a SeedLink 3.1 server (tests, demo, rehearsals)."),
     "demo": ("demo", "Replay the bundled Oklahoma data over SeedLink into the daemon and print its picks."),
