@@ -169,3 +169,35 @@ def test_command_line_overrides_win(tmp_path):
     assert config.seedlink.server == "127.0.0.1:18001"
     assert config.seedlink.streams == ["OK_FNO:HH?", "OK_X3*"]
     assert config.seedlink.state_file == "a.state"  # not overridden: the file's value stays
+
+
+class WarmIngest(FakeIngest):
+    """Yields 5 context records (seq -1) then fresh ones, as SeedLinkIngest does after a restart."""
+
+    def records_with_position(self):
+        for i in range(1, 6):
+            yield _record(i), ("OK_FNO", -1)
+        for i in range(6, self.n + 1):
+            yield _record(i), ("OK_FNO", i)
+
+
+def test_context_records_are_fed_not_committed_and_old_picks_are_suppressed(tmp_path):
+    state = IngestState(stations={"OK_FNO": 5}, channels={"OK.FNO.01.HHZ": 16 * 10**9})
+    audit, sink, pipeline = tmp_path / "audit", ListSink(), FakePipeline()
+    daemon = Daemon(Config(), WarmIngest(30), [sink], pipeline=pipeline, state=state, state_path=str(tmp_path / "s"),
+                    audit_path=str(audit), resume_guard_s=0.5, tick_s=0.05)
+    assert daemon.run(install_signals=False) == 0
+    assert len(pipeline.fed) == 30 and daemon.stats.warmup_fed == 5
+    assert [int(line.split()[1]) // 10**9 for line in audit.read_text().splitlines()] == list(range(6, 31))
+    # a pick older than the saved end minus the guard (16 s - 0.5 s) was final before the restart
+    assert [p.time_ns // 10**9 for p in sink.picks] == [20, 30, 10_000]
+    assert daemon.stats.picks_suppressed == 1
+
+
+def test_audit_log_is_cut_back_to_the_saved_state(tmp_path):
+    audit = tmp_path / "audit"
+    audit.write_text("committed 1 1 1\nafter-the-save 2 2 2\n")
+    state = IngestState(audit_bytes=len("committed 1 1 1\n"))
+    Daemon(Config(), FakeIngest(0), [ListSink()], pipeline=FakePipeline(), state=state,
+           state_path=str(tmp_path / "s"), audit_path=str(audit))
+    assert audit.read_text() == "committed 1 1 1\n"

@@ -146,13 +146,18 @@ def test_sigkill_and_restart_resume_from_state(archive, packets, config_file, re
         have[(sid, int(start), int(n), int(crc))] += 1
     assert have == want
     picks = _picks(out1) + _picks(out2)
-    keys = [(sid, phase) for sid, phase, _ in picks]
     times = {}
     for sid, phase, t in picks:
         ns = obspy.UTCDateTime(t).ns
         assert all(abs(ns - other) > 5 * 10**8 for other in times.get((sid, phase), [])), f"pick published twice: {sid} {phase} {t}"
         times.setdefault((sid, phase), []).append(ns)
-    assert len(keys) >= len(replay_picks) // 2
+    # no P pick lost: the restarted pipeline re-reads one window and the component wait before its
+    # resume point as context (warm-up), so picks that were still in flight at the kill come out then
+    for sid, phase, t in replay_picks:
+        if phase == "P":
+            ns = obspy.UTCDateTime(t).ns
+            assert any(abs(ns - other) <= 5 * 10**8 for other in times.get((sid, phase), [])), f"lost {sid} P {t}"
+    assert "re-fed as context after the restart" in err2 and " 0 re-fed" not in err2
 
 
 @pytest.mark.slow

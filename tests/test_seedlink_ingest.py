@@ -342,3 +342,21 @@ def test_corrupt_state_is_moved_aside(tmp_path, caplog, content):
 
 def test_missing_state_is_empty(tmp_path):
     assert load_state(tmp_path / "none") == IngestState()
+
+
+def test_warmup_refeeds_context_once_marked_uncommitted(archive):
+    """After a restart, data up to warmup_s before the saved position comes again, marked seq -1."""
+    pkts = [p for p in archive.packets() if p.station == "OK_SIO" and p.cha == "HHZ"]
+    last = pkts[30]
+    state = IngestState(stations={"OK_SIO": last.seq}, channels={last.stream_id: last.end_ns})
+    with ServerThread(archive, port=0) as server:
+        ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_SIO:HHZ"]), resume=state, warmup_s=20)
+        consumer = Consumer(ingest)
+        consumer.wait_for(len(pkts) - 31 + 3, timeout=20)
+        consumer.stop()
+    warm = [r for r, (_, seq) in consumer.items if seq < 0]
+    fresh = [pos[1] for _, pos in consumer.items if pos[1] >= 0]
+    assert warm and all(r.end_ns <= last.end_ns for r in warm)
+    assert warm[0].start_ns <= last.end_ns - 20 * 10**9 < warm[0].end_ns + 10**9  # from ~20 s before (whole seconds)
+    assert fresh == [p.seq for p in pkts[31:]]  # then exactly the uncommitted packets
+    assert ingest.stats.warmup == len(warm)

@@ -82,21 +82,27 @@ def run(args: argparse.Namespace) -> int:
     state = load_state(config.seedlink.state_file)
     outputs = Outputs(config)  # ZeroMQ, Prometheus, status heartbeat (rtpick.publish)
     pipeline = Pipeline(config, model, observer=outputs.metrics)
+    # after a restart: picks older than one window plus the component wait before the saved position
+    # were final before it (suppressed); one more window of data before that is re-fed as context
+    window_s = pipeline.in_samples / pipeline.fs
+    guard_s = window_s + config.stream.component_wait_s
     try:
-        ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds)
+        ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds,
+                                warmup_s=guard_s + window_s)
         sinks = build_sinks(config, args)
         outputs.start(pipeline, ingest)
     except (ValueError, OSError, *STARTUP_ERRORS) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         return 4
     daemon = Daemon(config, ingest, [*sinks, outputs], pipeline=pipeline, state=state,
-                    state_path=config.seedlink.state_file, audit_path=args.audit_log,
+                    state_path=config.seedlink.state_file, audit_path=args.audit_log, resume_guard_s=guard_s,
                     hooks=[SystemdHook(outputs, args.config, ingest)])
     log.info("rtpick run: %s streams %s, state %s (%d stations to resume)", config.seedlink.server,
              list(config.seedlink.streams), config.seedlink.state_file, len(state.stations))
     code = daemon.run()
     s, i = daemon.stats, ingest.stats
     log.info("rtpick run stopped: %d records fed, %d picks published (%d duplicates suppressed), ingest %d packets, "
-             "%d duplicates dropped, errors %s, %d records left unprocessed",
-             s.records_fed, s.picks_published, s.picks_suppressed, i.packets, i.duplicates, i.errors or {}, s.dropped_at_shutdown)
+             "%d duplicates dropped, %d re-fed as context after the restart, errors %s, %d records left unprocessed",
+             s.records_fed, s.picks_published, s.picks_suppressed, i.packets, i.duplicates, i.warmup, i.errors or {},
+             s.dropped_at_shutdown)
     return code

@@ -73,6 +73,7 @@ class IngestStats:
     samples: int = 0
     duplicates: int = 0  # dropped: already handed downstream (by seq/time)
     stale: int = 0  # dropped: older than the buffer horizon of their channel
+    warmup: int = 0  # records re-fed for context after a restart (already committed before it)
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count
     state: str = "idle"
 
@@ -81,7 +82,7 @@ class SeedLinkIngest:
     """Records from a SeedLink server, forever (until :meth:`stop`), resuming after every disconnect."""
 
     def __init__(self, cfg: SeedLinkConfig, resume: IngestState | None = None, horizon_s: float = 0.0,
-                 dialup: bool = False, rng: random.Random | None = None):
+                 dialup: bool = False, rng: random.Random | None = None, warmup_s: float = 0.0):
         self.cfg = cfg
         host, _, port = cfg.server.rpartition(":")
         if not host or not port.isdigit():
@@ -91,7 +92,13 @@ class SeedLinkIngest:
         self.begin_ns = iso_to_ns(cfg.begin_time) if cfg.begin_time else None
         resume = resume or IngestState()
         self.seq: dict[str, int] = dict(resume.stations)  # last seq received per station
-        self.chan_end: dict[str, int] = dict(resume.channels)  # end_ns of last record per channel
+        # warm-up: on the first connect, stations with a saved position are requested from warmup_s
+        # before it, so a restarted pipeline has context; those records come with seq -1 (not to be
+        # committed again) and are yielded once per process
+        self.warmup_ns = int(warmup_s * NS_PER_S)
+        self.committed: dict[str, int] = dict(resume.channels)  # end_ns handed downstream before this process
+        self._warm_pending = set(resume.stations) if self.warmup_ns > 0 else set()
+        self.chan_end: dict[str, int] = {} if self._warm_pending else dict(resume.channels)  # last yielded, per channel
         self.horizon_ns = int(horizon_s * NS_PER_S)
         self.dialup = dialup
         self.stats = IngestStats()
@@ -175,10 +182,16 @@ class SeedLinkIngest:
             raise SeedLinkError("no station accepted")
         conn._send_command(slcmd.end_v3())
         conn._streaming = True
+        self._warm_pending.clear()  # warm-up only once per process; reconnects resume by sequence number
         return conn
 
     def _action(self, key: str) -> slcmd.Command:
         verb = "FETCH" if self.dialup else "DATA"
+        if key in self._warm_pending:
+            prefix = key.replace("_", ".", 1) + "."
+            ends = [end for sid, end in self.committed.items() if sid.startswith(prefix)]
+            if ends:
+                return slcmd.time_v3(key, _sl_time(min(ends) - self.warmup_ns), None, expect_reply=True)
         if key in self.seq:
             # the time is the server's fallback when the sequence number is no longer in its ring
             prefix = key.replace("_", ".", 1) + "."
@@ -275,6 +288,14 @@ class SeedLinkIngest:
         if rec.samprate <= 0 or samples.size == 0 or rec.sampletype not in ("i", "f", "d"):
             return None  # log/calibration/empty records carry no waveform
         record = Record(stream_id, int(rec.starttime), float(rec.samprate), samples)
+        done = self.committed.get(stream_id)
+        if self.warmup_ns and done is not None and record.end_ns <= done:
+            if record.end_ns <= self.chan_end.get(stream_id, 0):
+                self.stats.duplicates += 1
+                return None
+            self.chan_end[stream_id] = record.end_ns
+            self.stats.warmup += 1
+            return record, (key, -1)  # context for the pipeline, already committed before
         last_seq = self.seq.get(key)
         end_prev = self.chan_end.get(record.stream_id)
         if end_prev is not None and record.end_ns <= end_prev:

@@ -38,10 +38,12 @@ class IngestState:
     stations: dict[str, int] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
     picks: dict[str, list[int]] = field(default_factory=dict)
+    audit_bytes: int = 0  # length of the daemon's audit log that belongs to this state (0: none)
 
     def to_json(self) -> dict:
         return {"format": STATE_FORMAT, "saved": ns_to_iso(_now_ns()), "stations": dict(sorted(self.stations.items())),
-                "channels": dict(sorted(self.channels.items())), "picks": dict(sorted(self.picks.items()))}
+                "channels": dict(sorted(self.channels.items())), "picks": dict(sorted(self.picks.items())),
+                "audit_bytes": self.audit_bytes}
 
     @classmethod
     def from_json(cls, doc: object) -> IngestState:
@@ -52,7 +54,7 @@ class IngestState:
         picks = {str(k): [int(t) for t in v][-PICKS_KEPT:] for k, v in doc.get("picks", {}).items()}
         if any(not 0 <= v < 0x1000000 for v in stations.values()):
             raise ValueError("sequence number out of range")
-        return cls(stations, channels, picks)
+        return cls(stations, channels, picks, int(doc.get("audit_bytes", 0)))
 
     def remember_pick(self, key: str, time_ns: int) -> None:
         times = self.picks.setdefault(key, [])

@@ -115,6 +115,7 @@ class DaemonStats:
     picks_suppressed: int = 0  # duplicates of already published picks (after a restart)
     state_saves: int = 0
     dropped_at_shutdown: int = 0  # records received but not fed when the drain timed out
+    warmup_fed: int = 0  # records re-fed for context after a restart (not committed again)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,7 +126,8 @@ class Daemon:
                  hooks: Iterable[DaemonHook] = (), state: IngestState | None = None, state_path: str | None = None,
                  pick_filters: Iterable[Callable[[list[Pick]], list[Pick]]] = (), queue_records: int = 5000,
                  tick_s: float = 1.0, state_flush_s: float = 1.0, drain_timeout_s: float = 30.0,
-                 record_observer: Callable[[Record], None] | None = None, audit_path: str | None = None):
+                 record_observer: Callable[[Record], None] | None = None, audit_path: str | None = None,
+                 resume_guard_s: float = 0.0):
         if pipeline is None:
             from rtpick.pipeline import Pipeline
 
@@ -142,6 +144,12 @@ class Daemon:
         # so it lists exactly the records the saved state says were handed to the pipeline
         self.audit_path = audit_path
         self._audit: list[str] = []
+        if audit_path:
+            self._trim_audit()
+        # after a restart, picks older than (saved end of their channel - resume_guard_s) were final
+        # before it: published then (suppressed by the pick memory) or never picks at all
+        guard = int(resume_guard_s * NS_PER_S)
+        self._pick_floor = {sid: end - guard for sid, end in self.state.channels.items()} if guard else {}
         self.stats = DaemonStats()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_records)
         self._stop = threading.Event()
@@ -314,6 +322,9 @@ class Daemon:
         self.stats.records_fed += 1
         if self.record_observer is not None:
             self.record_observer(record)
+        if position is not None and position[1] < 0:
+            self.stats.warmup_fed += 1
+            return  # context re-fed after a restart: committed by the previous process
         if self.audit_path:
             self._audit.append(f"{record.stream_id} {record.start_ns} {len(record.samples)} "
                                f"{zlib.crc32(np.ascontiguousarray(record.samples).tobytes())}\n")
@@ -326,6 +337,9 @@ class Daemon:
         fresh = []
         for pick in picks:
             key = f"{pick.stream_id}|{pick.phase}"
+            if pick.time_ns < self._pick_floor.get(pick.stream_id, -1):
+                self.stats.picks_suppressed += 1
+                continue
             if any(abs(pick.time_ns - t) <= DUP_TOLERANCE_NS for t in self.state.picks.get(key, ())):
                 self.stats.picks_suppressed += 1
                 continue
@@ -341,6 +355,18 @@ class Daemon:
         self._dirty = True
         self._save(force=True)  # published picks are remembered before anything else happens
 
+    def _trim_audit(self) -> None:
+        """Cut the audit log back to what the state file says was committed (a kill between the two writes)."""
+        try:
+            size = os.path.getsize(self.audit_path)
+        except OSError:
+            return
+        if size > self.state.audit_bytes:
+            log.info("audit log %s: dropping %d bytes written after the last state save", self.audit_path,
+                     size - self.state.audit_bytes)
+            with open(self.audit_path, "r+b") as fh:
+                fh.truncate(self.state.audit_bytes)
+
     def _save(self, force: bool = False) -> None:
         if not self.state_path or not self._dirty:
             return
@@ -349,10 +375,11 @@ class Daemon:
             return
         try:
             if self._audit:
-                with open(self.audit_path, "a") as fh:
-                    fh.writelines(self._audit)
+                with open(self.audit_path, "ab") as fh:
+                    fh.write("".join(self._audit).encode())
                     fh.flush()
                     os.fsync(fh.fileno())
+                    self.state.audit_bytes = fh.tell()
                 self._audit.clear()
             save_state(self.state_path, self.state)
         except OSError as exc:
