@@ -260,3 +260,23 @@ def test_negated_selector_and_times():
     assert parse_time("2013,06,16,15,40,00") == 1371397200 * 10**9
     with pytest.raises(ValueError):
         Selector.parse("TOOLONGX")
+
+
+def test_loop_continues_sequence_numbers_and_shifts_time(archive):
+    per_pass = len([p for p in archive.packets() if p.station == "OK_LC30"])
+    with ServerThread(archive, port=0, speed=2000, loop=True) as server:
+        deadline = time.monotonic() + 30
+        while server.call(lambda: server.server.ring.last_seq.get("OK_LC30", 0)) < per_pass + 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        lc30 = server.call(lambda: [p for p in server.server.ring.packets if p.station == "OK_LC30"])
+    seqs = [p.seq for p in lc30]
+    assert seqs == list(range(1, len(seqs) + 1))
+    first, second = lc30[0], lc30[per_pass]
+    assert (second.start_ns - first.start_ns) == archive.span_s * 10**9
+    assert second.data[20:] != first.data[20:]  # re-packed with the shifted time
+
+
+def test_loop_needs_a_speed(archive):
+    with pytest.raises(ValueError):
+        ServerThread(archive, port=0, loop=True)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.seedlink_server.archive import Archive
     from rtpick.seedlink_server.server import ReplayServer
 
+    if args.loop and args.speed <= 0:
+        print("rtpick serve-seedlink: --loop needs a --speed above 0 (it would fill the ring as fast as the CPU allows)",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         archive = Archive(args.paths)

@@ -315,8 +315,10 @@ class ReplayServer:
     """Serve ``archive`` on ``host:port``; ``speed`` 0 = everything at once, 1 = real time."""
 
     def __init__(self, archive: Archive, host: str = "127.0.0.1", port: int = 18000, speed: float = 0.0,
-                 shift_to_now: bool = False, loop: bool = False, max_packets: int = 2_000_000,
+                 shift_to_now: bool = False, loop: bool = False, max_packets: int = 1_000_000,
                  origin_ns: int | None = None):
+        if loop and speed <= 0:
+            raise ValueError("loop needs speed > 0")
         self.archive = archive
         self.host, self.port = host, port
         self.speed, self.shift_to_now, self.loop_archive = speed, shift_to_now, loop
