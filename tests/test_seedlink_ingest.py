@@ -360,3 +360,24 @@ def test_warmup_refeeds_context_once_marked_uncommitted(archive):
     assert warm[0].start_ns <= last.end_ns - 20 * 10**9 < warm[0].end_ns + 10**9  # from ~20 s before (whole seconds)
     assert fresh == [p.seq for p in pkts[31:]]  # then exactly the uncommitted packets
     assert ingest.stats.warmup == len(warm)
+
+
+def test_server_without_info_gets_the_wildcard_as_is(caplog, fno):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    pkts, _ = fno
+
+    def scenario(conn, n, requests):
+        conn.sendall(_packet(pkts[0]))
+        time.sleep(1.5)
+
+    server = FakeServer(scenario)
+    ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_F*"], netto_s=1.0))
+    consumer = Consumer(ingest)
+    try:
+        consumer.wait_for(1, timeout=10)
+    finally:
+        consumer.stop()
+        server.stop()
+    assert [r.stream_id for r, _ in consumer.items] == ["OK.FNO.01.HHZ"]
+    assert "STATION F* OK" in server.requests
+    assert _logged(caplog, "info_failed") == 1

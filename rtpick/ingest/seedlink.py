@@ -211,7 +211,15 @@ class SeedLinkIngest:
                 plan.setdefault(sel.station, sel.channels)
                 continue
             if known is None:
-                known = self._info_stations(conn)
+                try:
+                    known = self._info_stations(conn)
+                except SeedLinkError as exc:
+                    if not conn.is_connected:
+                        raise
+                    self._count("info_failed", "", f"INFO STATIONS failed ({exc}); sending wildcard selectors as they are")
+                    known = []
+            if not known:
+                plan.setdefault(sel.station, sel.channels)  # servers with NSWILDCARD take it; no per-station resume
             for key in known:
                 if fnmatch.fnmatchcase(key, sel.station):
                     plan.setdefault(key, sel.channels)

@@ -165,6 +165,7 @@ class Daemon:
     def stop(self) -> None:
         """Request a graceful stop (thread- and signal-safe)."""
         self._stop.set()
+        self.ingest.stop()
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -186,8 +187,7 @@ class Daemon:
         ]
         for thread in self._threads:
             thread.start()
-        for hook in self.hooks:
-            hook.on_ready(self)
+        self._hooks("on_ready")
 
     def run(self, install_signals: bool = True) -> int:
         """Start, tick until stopped or the ingest ends, drain, return an exit code (0 = clean)."""
@@ -210,10 +210,8 @@ class Daemon:
         while not self._pipeline_done.wait(self.tick_s):
             if self._reload.is_set():
                 self._reload.clear()
-                for hook in self.hooks:
-                    hook.on_reload(self)
-            for hook in self.hooks:
-                hook.on_tick(self)
+                self._hooks("on_reload")
+            self._hooks("on_tick")
             if self._stop.is_set() and not stop_announced:
                 stop_announced = True
                 self._announce_stop()
@@ -226,9 +224,15 @@ class Daemon:
 
     def _announce_stop(self) -> None:
         log.info("stopping: draining the queue (at most %.0f s), flushing the pipeline, saving state", self.drain_timeout_s)
-        for hook in self.hooks:
-            hook.on_stopping(self)
+        self._hooks("on_stopping")
         self.ingest.stop()
+
+    def _hooks(self, name: str) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(self)
+            except Exception as exc:  # noqa: BLE001 - a failing hook must not take the daemon down
+                log.error("%s.%s failed: %s", type(hook).__name__, name, exc)
 
     # -- threads -------------------------------------------------------------------
     def _ingest_loop(self) -> None:
@@ -298,7 +302,11 @@ class Daemon:
             except queue.Empty:
                 item = None
             while not self._calls.empty():
-                self._calls.get()(self.pipeline)
+                fn = self._calls.get()
+                try:
+                    fn(self.pipeline)
+                except Exception as exc:  # noqa: BLE001 - e.g. a reload that does not apply: keep running
+                    log.error("call in the pipeline thread failed: %s", exc)
             if item is _END:
                 return
             picks: list[Pick] = []
