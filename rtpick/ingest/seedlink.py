@@ -33,7 +33,11 @@ from rtpick.types import NS_PER_S, Record, iso_to_ns
 
 log = logging.getLogger(__name__)
 
-Position = tuple[str, int]  # (NET_STA, sequence number)
+Position = tuple[str, int]  # (NET_STA, sequence number); -1: context re-fed after a restart, not to commit
+# every cause IngestStats.errors can count (docs/seedlink.md explains each)
+ERROR_CAUSES = ("bad_header", "not_miniseed", "bad_record", "disconnected", "timeout", "connect_failed",
+                "protocol_error", "no_station", "station_rejected", "selector_rejected", "unexpected_station",
+                "seq_backwards", "info_failed")
 POLL_S = 0.2
 
 
