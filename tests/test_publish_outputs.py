@@ -1,0 +1,106 @@
+"""Outputs (what the daemon drives): picks, events, status heartbeat, metrics endpoint, start-up errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zmq
+
+from rtpick.config import Config
+from rtpick.publish.messages import validate_message
+from rtpick.publish.metrics import MetricsError
+from rtpick.publish.outputs import Outputs
+from rtpick.publish.zmq import Publisher
+from tests.test_publish_messages import make_event, make_pick, make_status
+from tests.test_publish_zmq import receive, subscribe, wait_joined
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(endpoint="tcp://127.0.0.1:*", listen="127.0.0.1:0") -> Config:
+    config = Config()
+    config.publish.endpoint = endpoint
+    config.publish.status_interval_s = 0.2
+    config.publish.linger_s = 0.5
+    config.metrics.listen = listen
+    return config
+
+
+def test_outputs_publish_and_serve_metrics():
+    outputs = Outputs(make_config(), instance="north").start()
+    context = zmq.Context()
+    sub = subscribe(context, outputs.publisher.endpoint, "")
+    try:
+        wait_joined(outputs.publisher, sub)
+        outputs.set_ready()
+        outputs.publish_picks([make_pick(), make_pick("OK.FNO.01.HHZ", "S", 3.0)])
+        outputs.publish_event(make_event(final=True))
+        assert outputs.tick() and not outputs.tick()  # one heartbeat per status_interval_s
+        time.sleep(0.25)
+        assert outputs.tick()
+        got = receive(sub, 5)
+        assert [t for t, _ in got] == ["pick.OK.SIO", "pick.OK.FNO", "event", "status", "status"]
+        for _, doc in got:
+            validate_message(doc)
+        status = got[3][1]
+        assert (status["state"], status["instance"], status["picks_published"], status["events_published"]) == ("running", "north", 2, 1)
+        assert status["lag_s"] is None and status["stations_total"] == 0  # no pipeline attached
+        text = urllib.request.urlopen(f"http://{outputs.metrics_address}/metrics", timeout=5).read().decode()
+        assert 'rtpick_messages_published_total{kind="pick"} 2.0' in text
+        assert 'rtpick_events_total{final="true"} 1.0' in text and "rtpick_ready 1.0" in text
+        outputs.close()
+        last = receive(sub, 1)[0][1]
+        assert last["schema"] == "rtpick.status/1" and last["state"] == "stopping"
+    finally:
+        outputs.close()
+        sub.close(linger=0)
+        context.term()
+
+
+def test_disabled_outputs_do_nothing():
+    outputs = Outputs(make_config(endpoint="", listen="")).start()
+    outputs.publish_picks([make_pick()])
+    assert outputs.publisher is None and outputs.metrics_address is None and not outputs.tick()
+    validate_message(outputs.status())
+    outputs.close()
+
+
+def test_a_failed_start_releases_what_it_bound():
+    blocker = Outputs(make_config(endpoint="")).start()
+    taken = blocker.metrics_address
+    try:
+        outputs = Outputs(make_config(listen=taken))
+        with pytest.raises(MetricsError, match=r"^metrics\.listen"):
+            outputs.start()
+        endpoint = outputs.publisher.endpoint  # was bound, must be free again
+        Publisher(endpoint).start().close()
+    finally:
+        blocker.close()
+
+
+def test_listen_reports_missed_messages():
+    pub = Publisher("tcp://127.0.0.1:*", linger_s=0).start()
+    proc = subprocess.Popen([sys.executable, "-m", "rtpick", "listen", pub.endpoint, "--topic", "status", "--count", "3", "--timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        seq = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            seq += 3  # every third message: the subscriber sees 2 missing before each
+            pub._socket.send_multipart([b"status", json.dumps(dict(make_status(), seq=seq)).encode()])
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pub.close()
+    assert proc.returncode == 0, err
+    assert len(out.splitlines()) == 3
+    assert err.count("missed 2 message(s) on status") == 2
