@@ -57,7 +57,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.strategies, args.seeds, args.subsets = "50,100,250,500", "full,frozen-encoder", 1, 3
-        args.epochs, args.patience, args.lr, args.pool, args.distill, args.distill_epochs = 10, 3, 1e-3, 3000, True, 10
+        args.epochs, args.patience, args.lr, args.pool, args.distill, args.distill_epochs = 10, 3, 1e-3, 3000, True, 30
     return args
 
 

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--examples-per-epoch", type=int, default=d.min_examples_per_epoch, help="minimum examples drawn per epoch (small data sets are resampled)")
     parser.add_argument("--n-train", type=int, default=None, help="use about N training traces (whole events), for learning curves")
+    parser.add_argument("--bn-stats", choices=["frozen", "train"], default=d.bn_stats, help="batch-norm statistics: keep the source model's (default; stable with few examples) or adapt them")
     parser.add_argument("--noise", default="data", choices=["data", "oklahoma", "ncedc", "none"], help="noise for injection: noise-only train traces of the data set, a bundled bank, or none")
     parser.add_argument("--split", default=None, help="re-split by event as train,dev,test fractions (default: use the data's split column, else 0.7,0.1,0.2)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = FinetuneConfig(
-        strategy=args.strategy, freeze_k=args.freeze_k, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
+        strategy=args.strategy, freeze_k=args.freeze_k, bn_stats=args.bn_stats, lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, min_examples_per_epoch=args.examples_per_epoch, seed=args.seed, progress=not args.no_progress,
     )
     split = tuple(float(v) for v in args.split.split(",")) if args.split else None
