@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from rtpick.types import iso_to_ns
 from tests.conftest import OKLAHOMA, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,7 @@ threads = 1
 [seedlink]
 server = "{seedlink}"
 state_file = "{tmp_path / 'seedlink.state'}"
+begin_time = "2013-06-16T15:37:00Z"   # the whole archive, however long the daemon took to start
 [publish]
 endpoint = "tcp://127.0.0.1:{pub_port}"
 status_interval_s = 1.0
@@ -139,20 +141,17 @@ listen = "127.0.0.1:{metrics_port}"
         procs.append(daemon)
         wait_for(lambda: urllib.request.urlopen(f"{api}/-/ready", timeout=2).status == 200, 60, "prometheus ready", [prom])
 
-        last = {"records": -1.0, "since": time.monotonic()}
+        archive_end = iso_to_ns("2013-06-16T15:43:49") / 1e9  # the bundled files end at 15:43:50
 
         def archive_consumed():
-            """The whole archive was fed (records stopped growing for 3 s) and picks were published."""
+            """The daemon has data up to the archive's end, and picks were published."""
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
-            records = metric_sum(text, "rtpick_records_total")
-            if records != last["records"]:
-                last.update(records=records, since=time.monotonic())
-                return None
-            done = time.time() - started > 360 / SPEED and time.monotonic() - last["since"] > 3
-            return done and metric_sum(text, "rtpick_picks_total") >= 1
+            lags = [float(v) for v in re.findall(r"^rtpick_station_data_lag_seconds{[^}]*} (\S+)$", text, re.M)]
+            newest = time.time() - min(lags) if lags else 0.0
+            return newest >= archive_end and metric_sum(text, "rtpick_picks_total") >= 1
 
         wait_for(archive_consumed, 150, "the replay to be consumed", procs)
-        time.sleep(2)  # a few more scrapes
+        time.sleep(3)  # a few more scrapes
         end = time.time()
 
         def query(expr: str) -> list:
@@ -167,14 +166,14 @@ listen = "127.0.0.1:{metrics_port}"
         assert set(stations) == {"OK.FNO", "OK.LC30", "OK.OKCFA", "OK.SIO", "OK.U32A", "OK.W35A", "OK.X34A"}
         assert all(v > 10 for v in stations.values())
         assert float(query("rtpick_stations")[0]["value"][1]) == 7
-        assert float(query('sum(rtpick_picks_total{phase="P"})')[0]["value"][1]) >= 5
+        assert float(query('sum(rtpick_picks_total{phase="P"})')[0]["value"][1]) >= 7  # P at all 7 stations
         assert float(query("rtpick_windows_total")[0]["value"][1]) > 50
         assert float(query("rtpick_ingest_connects_total")[0]["value"][1]) >= 1
         latency = float(query("rtpick_pick_latency_seconds_sum / rtpick_pick_latency_seconds_count")[0]["value"][1])
         assert 0 <= latency < 120, latency
         model = query("rtpick_model_info")[0]["metric"]
         assert model["model"] == "seisbench:PhaseNet/original" and re.fullmatch(r"[0-9a-f]{64}", model["sha256"])
-        assert float(query('sum(rtpick_messages_published_total{kind="pick"})')[0]["value"][1]) >= 5
+        assert float(query('sum(rtpick_messages_published_total{kind="pick"})')[0]["value"][1]) >= 14
         assert float(query('rtpick_messages_dropped_total{kind="pick"}')[0]["value"][1]) == 0
 
         empty = []
