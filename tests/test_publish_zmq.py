@@ -249,3 +249,26 @@ def make_status_doc():
     from tests.test_publish_messages import make_status
 
     return make_status()
+
+
+def test_rtpick_listen_over_curve(tmp_path):
+    server_public, server_secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    pub = Publisher("tcp://127.0.0.1:*", curve_secret_key_file=server_secret, linger_s=0, registry=CollectorRegistry()).start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtpick", "listen", pub.endpoint, "--curve-server-key", server_public, "--count", "1", "--timeout", "20",
+         "--with-topic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            pub.publish_pick(make_pick())
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pub.close()
+    assert proc.returncode == 0, err
+    topic, payload = out.strip().split("\t")
+    assert topic == "pick.OK.SIO" and json.loads(payload)["schema"] == "rtpick.pick/1"
