@@ -55,9 +55,9 @@ class Scenario:
 SCENARIOS = {
     "sparse-100": Scenario("sparse-100", 100, 6 * 3600, 1.0),
     "swarm-2k": Scenario("swarm-2k", 2000, 3600, 1.0),
-    "swarm-20k": Scenario("swarm-20k", 20000, 900, 1.0),
-    "swarm-20k-noise0.1": Scenario("swarm-20k-noise0.1", 20000, 900, 0.1),
-    "swarm-20k-noise2": Scenario("swarm-20k-noise2", 20000, 900, 2.0),
+    "swarm-20k": Scenario("swarm-20k", 20000, 240, 1.0),
+    "swarm-20k-noise0.1": Scenario("swarm-20k-noise0.1", 20000, 240, 0.1),
+    "swarm-2k-noise2": Scenario("swarm-2k-noise2", 2000, 1800, 2.0),
 }
 
 

@@ -25,6 +25,8 @@ def stack_update(stack, node_tt, node_tol, stations, phases, times, weights, sig
         for n in range(n_nodes):
             t0 = times[j] - node_tt[n, s, ph]
             tol = node_tol[n, s, ph]
+            if tol < 0:
+                continue  # station beyond the voting distance of this node
             b0 = int(np.floor((t0 - tol) / bin_s)) + base_bin
             b1 = int(np.floor((t0 + tol) / bin_s)) + base_bin
             for b in range(max(b0, lo_bin), b1 + 1):
@@ -140,7 +142,7 @@ def score_trials(trial_lat, trial_lon, trial_dep, pick_sta, pick_ph, pick_t, pic
 
 @numba.njit(cache=True)
 def collect_peaks(stack, rejected, b_lo, b_hi, n_ring, threshold, margin, out_v, out_b, out_n):
-    """Cells in bins [b_lo, b_hi] at or above ``threshold`` that are maxima along time at
+    """Cells in bins [b_lo, b_hi] at or above their node's ``threshold`` that are maxima along time at
     their node and exceed their remembered rejection value by ``margin``; returns the count
     (at most ``len(out_v)``, the largest values are not guaranteed when the buffer fills)."""
     n_nodes = stack.shape[1]
@@ -152,7 +154,7 @@ def collect_peaks(stack, rejected, b_lo, b_hi, n_ring, threshold, margin, out_v,
         rn = (b + 1) % n_ring
         for n in range(n_nodes):
             v = stack[r, n]
-            if v < threshold or v <= rejected[r, n] + margin:
+            if v < threshold[n] or v <= rejected[r, n] + margin:
                 continue
             if v < stack[rp, n] or v < stack[rn, n]:
                 continue

@@ -40,20 +40,24 @@ class AssociatorSettings:
     depths_km: tuple[float, ...] = (3.0, 9.0, 15.0)  # coarse node depths
     max_depth_km: float = 25.0  # fine search depth limit
     margin_km: float = 30.0  # search area beyond the station bounding box
+    vote_distance_km: float = 80.0  # stations farther than this from a node do not vote for it
     bin_s: float = 0.5  # origin-time resolution of the stack
-    tolerance_s: float = 0.35  # pick tolerance floor (s)
-    tolerance_fraction: float = 0.025  # plus this fraction of the travel time
+    tolerance_s: float = 0.3  # pick tolerance floor (s)
+    tolerance_fraction: float = 0.02  # plus this fraction of the travel time
     min_picks: int = 8
     min_p: int = 4
     min_s: int = 0
     min_stations: int = 4
-    min_pick_fraction: float = 0.4  # of the stations nearer than the farthest picked one, fraction with a pick
+    min_pick_fraction: float = 0.5  # detection radius: farthest P station with this share of nearer stations picked
+    attach_margin_km: float = 20.0  # later picks attach up to this far beyond the detection radius
     min_score: float = 3.0  # sum of weight * kernel over the event's picks
     stack_threshold: float = 5.0  # stack value (probability-weighted votes) that makes a cell a candidate
     retry_margin: float = 1.0  # a rejected cell is tried again once its votes grew by this much
     horizon_s: float = 120.0  # picks older than this (behind the newest) expire; events become final
     step_s: float = 1.0  # how often (data time) the detection runs
     use_probability: bool = True
+    merge_window_s: float = 20.0  # open events this close in origin time are checked for a merge
+    merge_fraction: float = 0.9  # a joint solution must keep this fraction of both events' picks
     max_candidates_per_step: int = 200
 
 
@@ -67,6 +71,8 @@ class _OpenEvent:
     slots: dict = field(default_factory=dict)  # (station, phase) -> pick row
     pred: np.ndarray | None = None  # (n_stations, 2) predicted arrival (s after base)
     n_at_emit: int = 0
+    dist: np.ndarray | None = None  # epicentral distance to every station, km
+    radius: float = 0.0  # farthest associated station, km
     dirty: bool = False
     first_seen: float = 0.0
 
@@ -89,7 +95,7 @@ class SwarmAssociator:
         _, self._site = np.unique(np.round(np.stack([stations.latitude, stations.longitude], 1), 3), axis=0, return_inverse=True)
         self._site = self._site.ravel()
         self._build_grid(bounds)
-        self._max_tt = float(self._node_tt.max() + self._node_tol.max())
+        self._max_tt = float(self._node_tt.max() + self._node_tol.max())  # (before the voting cutoff)
         self._n_ring = int(np.ceil((self.s.horizon_s + self._max_tt + 20.0) / self.s.bin_s))
         self._stack = np.zeros((self._n_ring, self._n_nodes), np.float32)
         self._rejected = np.zeros_like(self._stack)
@@ -144,6 +150,8 @@ class SwarmAssociator:
             spread = np.abs(vals - vals[0]).max(axis=0)
             tt[:, :, ph] = centre
             tol[:, :, ph] = spread + np.maximum(self.s.tolerance_s, self.s.tolerance_fraction * centre)
+        d_centre = distance_km(self._g_lat[:, None], self._g_lon[:, None], st.latitude[None, :], st.longitude[None, :])
+        tol[d_centre > self.s.vote_distance_km] = -1.0
         self._node_tt = tt
         self._node_tol = tol
         # neighbours (same and adjacent columns, all depths) for rejection marking
@@ -193,6 +201,7 @@ class SwarmAssociator:
         out: list[Event] = []
         rows = self._ingest()
         now = self._newest if now_ns is None else max(self._sec(now_ns), self._newest)
+        self._update_rates(now)
         self._attach(rows, out)
         self._relocate_dirty(out)
         self._detect(now, out)
@@ -259,11 +268,13 @@ class SwarmAssociator:
         if self._open and len(rows):
             pred = np.stack([ev.pred for ev in self._open])  # (E, S, 2)
             t0s = np.array([ev.t0 for ev in self._open])
+            reach = np.stack([ev.dist <= ev.radius + self.s.attach_margin_km for ev in self._open])  # (E, S)
             for row in rows:
                 s, ph, t = self._p_sta[row], self._p_ph[row], self._p_t[row]
                 arr = pred[:, s, ph]
                 res = t - arr
                 norm = np.abs(res) / self._tol(arr - t0s)
+                norm[~reach[:, s]] = np.inf
                 order = np.argsort(norm)
                 placed = False
                 for e in order[:3]:
@@ -319,7 +330,7 @@ class SwarmAssociator:
         self._stack_changed = False
         b_hi = self._bin(now) + 1
         b_lo = max(self._bin(now - self._max_tt - 2 * self.s.step_s), self._cleared_to or -(1 << 60))
-        threshold = self.s.stack_threshold
+        threshold = self._node_threshold()
         k = kernels.collect_peaks(self._stack, self._rejected, b_lo, b_hi, self._n_ring, threshold,
                                   self.s.retry_margin, self._buf_v, self._buf_b, self._buf_n)
         if k == 0:
@@ -328,7 +339,7 @@ class SwarmAssociator:
         for i in order:
             b, node = int(self._buf_b[i]), int(self._buf_n[i])
             r = b % self._n_ring
-            if self._stack[r, node] < threshold:
+            if self._stack[r, node] < threshold[node]:
                 continue  # an accepted event took these picks
             if self._stack[r, node] <= self._rejected[r, node] + self.s.retry_margin:
                 continue  # next to a candidate that just failed
@@ -356,6 +367,9 @@ class SwarmAssociator:
         if sol is None:
             return None
         lat, lon, dep, t0, keep, res = sol
+        merged = self._try_merge(lat, lon, dep, t0, keep)
+        if merged is not None:
+            return merged
         ev = _OpenEvent(Event(event_id=f"rtp{next(self._ids):07d}", revision=-1, origin_time_ns=0, latitude=lat,
                               longitude=lon, depth_km=dep, horizontal_uncertainty_km=0.0, depth_uncertainty_km=0.0,
                               time_uncertainty_s=0.0), lat, lon, dep, t0)
@@ -365,6 +379,42 @@ class SwarmAssociator:
         self._open.append(ev)
         self.counters["events"] += 1
         return self._emit(ev)
+
+    def _try_merge(self, lat, lon, dep, t0, keep) -> Event | None:
+        """A candidate whose picks complete an open event (no station/phase in common, one joint
+        solution fits nearly all picks of both) is that event, detected early and mislocated
+        from its first picks: merge instead of splitting it in two."""
+        cand_slots = {(int(self._site[self._p_sta[r]]), int(self._p_ph[r])) for r in keep}
+        for ev in self._open:
+            if abs(ev.t0 - t0) > self.s.merge_window_s:
+                continue
+            ev_slots = {(int(self._site[s]), ph) for (s, ph) in ev.slots}
+            if len(ev_slots & cand_slots) > 0.25 * min(len(ev_slots), len(cand_slots)):
+                continue
+            n_slots = len(ev_slots | cand_slots)
+            union = np.unique(np.concatenate([np.array(list(ev.slots.values()), np.int64), keep]))
+            starts = [(lat, lon, dep, t0), (ev.lat, ev.lon, ev.depth, ev.t0)]
+            if len(ev.slots) > len(keep):
+                starts.reverse()
+            for slat, slon, sdep, st0 in starts:
+                sol = self._locate(union, slat, slon, sdep, st0, span_km=self.s.grid_spacing_km)
+                if sol is not None and len(sol[4]) >= self.s.merge_fraction * n_slots:
+                    break
+            else:
+                continue
+            nlat, nlon, ndep, nt0, nkeep, nres = sol
+            newly = np.setdiff1d(keep, nkeep)  # candidate picks that did not make it back to the pool
+            self._p_state[nkeep] = 1
+            self._vote(np.setdiff1d(nkeep, np.array(list(ev.slots.values()), np.int64)), -1.0)
+            released = np.setdiff1d(np.array(list(ev.slots.values()), np.int64), nkeep)
+            if len(released):
+                self._p_state[released] = 0
+                self._vote(released, +1.0)
+            del newly
+            self._set_solution(ev, nlat, nlon, ndep, nt0, nkeep, nres)
+            self.counters["merges"] += 1
+            return self._emit(ev)
+        return None
 
     def _locate(self, rows, lat, lon, dep, t0, span_km):
         """Coarse-to-fine grid search; returns the solution and the picks kept (one per station/phase)."""
@@ -382,8 +432,8 @@ class SwarmAssociator:
         out_n = np.empty(n_trials, np.int64)
         ph64 = ph.astype(np.int64)
         for level in range(3):
-            tl = best[0] + unit[:, 1] * span_km / self._ky
-            tn = best[1] + unit[:, 0] * span_km / self._kx
+            tl = np.clip(best[0] + unit[:, 1] * span_km / self._ky, self.bounds[0], self.bounds[1])
+            tn = np.clip(best[1] + unit[:, 0] * span_km / self._kx, self.bounds[2], self.bounds[3])
             td = np.clip(best[2] + unit[:, 2] * span_z, 0.0, self.s.max_depth_km)
             kernels.score_trials(tl, tn, td, sta, ph64, t, w, group, st.latitude, st.longitude,
                                  self._sta_corr, self.table.times, self.table.depth_step_km,
@@ -410,27 +460,63 @@ class SwarmAssociator:
         keep_mask = np.zeros(len(rows), bool)
         keep_mask[by[first]] = True
         keep_mask &= good
+        radius = self._radius(sta, ph, keep_mask, lat, lon, dep, t0)
+        keep_mask &= distance_km(lat, lon, st.latitude[sta], st.longitude[sta]) <= radius
         kept_rows = rows[keep_mask]
-        if not self._config_ok(kept_rows, kern[keep_mask], lat, lon):
+        if not self._config_ok(kept_rows, kern[keep_mask], lat, lon, dep, radius):
             return None
         return lat, lon, dep, t0, kept_rows, res[keep_mask]
 
-    def _config_ok(self, rows, kern, lat, lon) -> bool:
+    def _radius(self, sta, ph, keep_mask, lat, lon, dep, t0) -> float:
+        """Detection radius: the farthest station with a P pick such that, of the stations whose P
+        should have arrived by now that are at most this far, a ``min_pick_fraction`` share has
+        one. Random picks that happen to fit far away lie outside it and are dropped."""
+        st = self.stations
+        d = distance_km(lat, lon, st.latitude, st.longitude)
+        has = np.zeros(self._n_sta, bool)
+        has[sta[keep_mask & (ph == 0)]] = True
+        arrived = (t0 + self.table(0, d, dep) <= self._newest) | has
+        order = np.argsort(d)
+        order = order[arrived[order]]
+        if not has.any():
+            return 0.0
+        cover = np.cumsum(has[order]) / np.arange(1, len(order) + 1)
+        ok = has[order] & (cover >= self.s.min_pick_fraction)
+        if not ok.any():
+            return 0.0
+        return float(d[order][np.flatnonzero(ok)[-1]]) + 1.0
+
+    def _update_rates(self, now: float) -> None:
+        """Background pick rate per station and phase (picks/s over the horizon), and mean weight."""
+        recent = self._p_t >= now - self.s.horizon_s
+        span = max(min(self.s.horizon_s, now - float(self._p_t.min())), 10.0) if len(self._p_t) else self.s.horizon_s
+        idx = self._p_sta[recent].astype(np.int64) * 2 + self._p_ph[recent]
+        self._rate = np.bincount(idx, minlength=2 * self._n_sta).reshape(-1, 2) / span
+        self._mean_w = float(self._p_w[recent].mean()) if recent.any() else 0.5
+
+    def _node_threshold(self) -> np.ndarray:
+        """Stack threshold per node: the fixed threshold over the votes random picks would give there."""
+        window = np.where(self._node_tol >= 0, 2 * self._node_tol + self.s.bin_s, 0.0)
+        bg = (self._rate[None, :, :] * window).sum(axis=(1, 2)) * self._mean_w
+        return (self.s.stack_threshold + bg + 1.5 * np.sqrt(bg)).astype(np.float32)
+
+    def _background(self, lat, lon, dep, radius) -> tuple[float, float]:
+        """Expected number of random picks fitting an event here (stations within ``radius``), and their score."""
+        d = distance_km(lat, lon, self.stations.latitude, self.stations.longitude)
+        tt = np.stack([self.table(0, d, dep), self.table(1, d, dep)], axis=1)
+        n = float((self._rate * 2 * self._tol(tt))[d <= radius].sum())
+        return n, n * self._mean_w * 2.0 / 3.0
+
+    def _config_ok(self, rows, kern, lat, lon, dep, radius) -> bool:
         s = self.s
+        bg_n, bg_score = self._background(lat, lon, dep, radius)
         stations = np.unique(self._p_sta[rows])
         sites = np.unique(self._site[stations])  # co-located stations (renamed or duplicated) count once
         site_phase = np.unique(self._site[self._p_sta[rows]] * 2 + self._p_ph[rows])
         n_p = int((site_phase % 2 == 0).sum())
-        if len(site_phase) < s.min_picks or n_p < s.min_p or len(site_phase) - n_p < s.min_s:
+        if len(site_phase) < s.min_picks + bg_n or n_p < s.min_p or len(site_phase) - n_p < s.min_s:
             return False
-        if len(sites) < s.min_stations or kern.sum() < s.min_score:
-            return False
-        if s.min_pick_fraction > 0:
-            d = distance_km(lat, lon, self.stations.latitude, self.stations.longitude)
-            dmax = d[stations].max()
-            if len(sites) < s.min_pick_fraction * len(np.unique(self._site[d <= dmax])):
-                return False
-        return True
+        return len(sites) >= s.min_stations and kern.sum() - bg_score >= s.min_score
 
     def _set_solution(self, ev: _OpenEvent, lat, lon, dep, t0, rows, res) -> None:
         ev.lat, ev.lon, ev.depth, ev.t0 = float(lat), float(lon), float(dep), float(t0)
@@ -438,6 +524,8 @@ class SwarmAssociator:
         st = self.stations
         d = distance_km(lat, lon, st.latitude, st.longitude)
         ev.pred = t0 + np.stack([self.table(0, d, dep), self.table(1, d, dep)], axis=1) + self._sta_corr
+        ev.dist = d
+        ev.radius = float(d[self._p_sta[rows]].max()) if len(rows) else 0.0
         e = ev.event
         e.latitude, e.longitude, e.depth_km = ev.lat, ev.lon, ev.depth
         e.origin_time_ns = self._base_ns + int(round(t0 * NS_PER_S))
