@@ -51,6 +51,7 @@ def test_outputs_publish_and_serve_metrics():
         status = got[3][1]
         assert (status["state"], status["instance"], status["picks_published"], status["events_published"]) == ("running", "north", 2, 1)
         assert status["lag_s"] is None and status["stations_total"] == 0  # no pipeline attached
+        assert status["subscribers"] == 1
         text = urllib.request.urlopen(f"http://{outputs.metrics_address}/metrics", timeout=5).read().decode()
         assert 'rtpick_messages_published_total{kind="pick"} 2.0' in text
         assert 'rtpick_events_total{final="true"} 1.0' in text and "rtpick_ready 1.0" in text

@@ -105,6 +105,7 @@ def status_message(
     picks_published: int = 0,
     events_published: int = 0,
     messages_dropped: int = 0,
+    subscribers: int = 0,
 ) -> dict[str, Any]:
     """The ``rtpick.status/1`` heartbeat.
 
@@ -124,6 +125,7 @@ def status_message(
         "picks_published": int(picks_published),
         "events_published": int(events_published),
         "messages_dropped": int(messages_dropped),
+        "subscribers": int(subscribers),
     }
 
 

@@ -139,6 +139,7 @@ class Outputs:
             newest = max((s["last_data_ns"] for s in state.values()), default=0)
             lag = now - newest / NS_PER_S if newest else None
         dropped = sum(self.publisher.dropped.values()) if self.publisher is not None else 0
+        connections = self.publisher.connections if self.publisher is not None else 0
         return status_message(
             time_ns=int(now * NS_PER_S),
             uptime_s=now - self.started_at,
@@ -151,6 +152,7 @@ class Outputs:
             picks_published=self.picks_published,
             events_published=self.events_published,
             messages_dropped=dropped,
+            subscribers=connections,
         )
 
     def tick(self, now: float | None = None) -> bool:
@@ -161,5 +163,6 @@ class Outputs:
         if mono < self._next_status:
             return False
         self._next_status = mono + self.config.publish.status_interval_s
+        self.publisher.poll_connections()
         self.publisher.publish(self.status(now))
         return True

@@ -23,7 +23,8 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from zmq.utils.monitor import recv_monitor_message
 
 from rtpick.publish.messages import encode, event_message, pick_message, topic_for
 from rtpick.types import Event, Pick
@@ -89,6 +90,9 @@ class Publisher:
             ["kind"],
             registry=registry,
         )
+        self._m_connections = Gauge("rtpick_publish_connections", "TCP connections of subscribers to the PUB socket.", registry=registry)
+        self.connections = 0
+        self._monitor: zmq.Socket | None = None
         self.published = dict.fromkeys(KINDS, 0)
         self._seq: dict[str, int] = {}  # topic -> last sequence number (subscribers detect their losses)
         self.dropped = dict.fromkeys(KINDS, 0)
@@ -136,6 +140,7 @@ class Publisher:
             }.get(exc.errno, "")
             raise PublishError(f"publish.endpoint: cannot bind {self.requested_endpoint!r}: {exc.strerror}{hint}") from None
         self._socket = socket
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("publishing on %s (sndhwm=%d%s)", self.endpoint, self.sndhwm, ", CURVE" if curve_keys else "")
         return self
@@ -144,6 +149,10 @@ class Publisher:
         """Close the socket, letting queued messages go for at most ``linger_s``."""
         with self._lock:
             if self._socket is not None:
+                if self._monitor is not None:
+                    self._socket.disable_monitor()
+                    self._monitor.close(linger=0)
+                    self._monitor = None
                 self._socket.close(linger=int(self.linger_s * 1000))
                 self._socket = None
         self._stop_context()
@@ -185,6 +194,17 @@ class Publisher:
                 self.dropped[kind] += 1
                 dropped.inc()
         return delivered
+
+    def poll_connections(self) -> int:
+        """Count subscriber connections from the socket's monitor events (call now and then, e.g. per heartbeat)."""
+        with self._lock:
+            monitor = self._monitor
+            while monitor is not None and monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                self.connections += 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
+            self.connections = max(self.connections, 0)
+            self._m_connections.set(self.connections)
+            return self.connections
 
     def publish_pick(self, pick: Pick) -> bool:
         return self.publish(pick_message(pick))
