@@ -105,3 +105,39 @@ def test_listen_reports_missed_messages():
     assert proc.returncode == 0, err
     assert len(out.splitlines()) == 3
     assert err.count("missed 2 message(s) on status") == 2
+
+
+def test_associator_sink_publishes_events_before_outputs_close():
+    from rtpick.publish.outputs import AssociatorSink
+
+    class FakeAssociator:
+        def __init__(self):
+            self.picks = []
+
+        def push(self, pick):
+            self.picks.append(pick)
+
+        def step(self):
+            return [make_event(revision=0)] if len(self.picks) == 2 else []
+
+        def flush(self):
+            return [make_event(revision=1, final=True)]
+
+    outputs = Outputs(make_config(listen="")).start()
+    context = zmq.Context()
+    sub = subscribe(context, outputs.publisher.endpoint, "event")
+    try:
+        wait_joined(outputs.publisher, sub, topic=b"event")
+        sinks = [AssociatorSink(FakeAssociator(), outputs), outputs]
+        for pick in (make_pick(), make_pick("OK.FNO.01.HHZ")):
+            for sink in sinks:
+                sink.publish_picks([pick])
+        for sink in sinks:  # the daemon closes sinks in order
+            sink.close()
+        events = [doc for _, doc in receive(sub, 2)]
+        assert [(e["revision"], e["final"]) for e in events] == [(0, False), (1, True)]
+        assert outputs.events_published == 2
+    finally:
+        outputs.close()
+        sub.close(linger=0)
+        context.term()

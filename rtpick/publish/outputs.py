@@ -166,3 +166,32 @@ class Outputs:
         self.publisher.poll_connections()
         self.publisher.publish(self.status(now))
         return True
+
+
+class AssociatorSink:
+    """Daemon sink feeding picks to an associator and publishing its events through ``outputs``.
+
+    ``associator`` has ``push(pick)``, ``step() -> list[Event]`` and ``flush() -> list[Event]``
+    (:class:`rtpick.associate.swarm.SwarmAssociator`). Put it *before* ``outputs`` in the
+    daemon's sinks so that, on shutdown, the final revisions are published before the
+    socket closes: ``sinks=[AssociatorSink(associator, outputs), outputs]``.
+    """
+
+    def __init__(self, associator: Any, outputs: Outputs) -> None:
+        self.associator = associator
+        self.outputs = outputs
+
+    def publish_picks(self, picks: list[Pick]) -> None:
+        for pick in picks:
+            self.associator.push(pick)
+        self._publish(self.associator.step())
+
+    def tick(self) -> None:
+        self._publish(self.associator.step())
+
+    def close(self) -> None:
+        self._publish(self.associator.flush())
+
+    def _publish(self, events: list[Event]) -> None:
+        for event in events:
+            self.outputs.publish_event(event)
