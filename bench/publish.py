@@ -19,7 +19,6 @@ Prints numbers, asserts nothing. Two parts, each with its baseline in the same r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import urllib.request
 from collections import deque
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
