@@ -49,7 +49,7 @@ class AssociatorSettings:
     min_s: int = 0
     min_stations: int = 4
     min_pick_fraction: float = 0.5  # detection radius: farthest P station with this share of nearer stations picked
-    attach_margin_km: float = 20.0  # later picks attach up to this far beyond the detection radius
+    attach_margin_km: float = 20.0  # later picks attach up to twice the detection radius plus this
     min_score: float = 3.0  # sum of weight * kernel over the event's picks
     stack_threshold: float = 5.0  # stack value (probability-weighted votes) that makes a cell a candidate
     retry_margin: float = 1.0  # a rejected cell is tried again once its votes grew by this much
@@ -129,6 +129,12 @@ class SwarmAssociator:
         lats = np.arange(lat0 + h / ky / 2, lat1, h / ky)
         lons = np.arange(lon0 + h / kx / 2, lon1, h / kx)
         deps = np.asarray(self.s.depths_km, float)
+        size = len(lats) * len(lons) * len(deps) * len(st)
+        if size > 40_000_000:
+            raise ValueError(
+                f"association grid too large: {len(lats)}x{len(lons)}x{len(deps)} nodes x {len(st)} stations; "
+                "restrict the stations (associate.region) or coarsen associate.grid_spacing_km"
+            )
         glat, glon, gdep = np.meshgrid(lats, lons, deps, indexing="ij")
         self._g_lat, self._g_lon, self._g_dep = glat.ravel(), glon.ravel(), gdep.ravel()
         self._n_nodes = len(self._g_lat)
@@ -186,6 +192,13 @@ class SwarmAssociator:
             self._base_ns = pick.time_ns - int(600 * NS_PER_S)
         self._new.append(pick)
         return True
+
+    @property
+    def newest_ns(self) -> int | None:
+        """Time of the newest pick processed (the associator's data clock), or None before any."""
+        if self._base_ns is None or not np.isfinite(self._newest):
+            return None
+        return self._base_ns + int(round(self._newest * NS_PER_S))
 
     def _sec(self, ns: int) -> float:
         return (ns - self._base_ns) / NS_PER_S
@@ -268,7 +281,7 @@ class SwarmAssociator:
         if self._open and len(rows):
             pred = np.stack([ev.pred for ev in self._open])  # (E, S, 2)
             t0s = np.array([ev.t0 for ev in self._open])
-            reach = np.stack([ev.dist <= ev.radius + self.s.attach_margin_km for ev in self._open])  # (E, S)
+            reach = np.stack([ev.dist <= 2 * ev.radius + self.s.attach_margin_km for ev in self._open])  # (E, S)
             for row in rows:
                 s, ph, t = self._p_sta[row], self._p_ph[row], self._p_t[row]
                 arr = pred[:, s, ph]
@@ -321,7 +334,30 @@ class SwarmAssociator:
                 self._p_state[d] = 0
                 self._vote(d, +1.0)
             self._set_solution(ev, lat, lon, dep, t0, keep, res)
+            self._sweep_pool(ev)
             out.append(self._emit(ev))
+
+    def _sweep_pool(self, ev: _OpenEvent) -> None:
+        """Free picks that the (re)located event now predicts, for station/phase slots it lacks
+        (they arrived before its location reached them); they join at the next revision."""
+        free = np.flatnonzero(self._p_state == 0)
+        if not len(free):
+            return
+        sta, ph = self._p_sta[free], self._p_ph[free]
+        arr = ev.pred[sta, ph]
+        norm = np.abs(self._p_t[free] - arr) / self._tol(arr - ev.t0)
+        ok = (norm < 1.0) & (ev.dist[sta] <= 2 * ev.radius + self.s.attach_margin_km)
+        added = []
+        for i in np.flatnonzero(ok)[np.argsort(norm[ok])]:
+            key = (int(sta[i]), int(ph[i]))
+            if key not in ev.slots:
+                ev.slots[key] = int(free[i])
+                added.append(free[i])
+        if added:
+            rows = np.asarray(added, np.int64)
+            self._p_state[rows] = 1
+            self._vote(rows, -1.0)
+            ev.dirty = True
 
     def _detect(self, now: float, out: list[Event]) -> None:
         """Refine the strongest stack cells, best first; accepted events remove their picks."""
@@ -514,7 +550,7 @@ class SwarmAssociator:
         sites = np.unique(self._site[stations])  # co-located stations (renamed or duplicated) count once
         site_phase = np.unique(self._site[self._p_sta[rows]] * 2 + self._p_ph[rows])
         n_p = int((site_phase % 2 == 0).sum())
-        if len(site_phase) < s.min_picks + bg_n or n_p < s.min_p or len(site_phase) - n_p < s.min_s:
+        if len(site_phase) < s.min_picks + int(bg_n) or n_p < s.min_p or len(site_phase) - n_p < s.min_s:
             return False
         return len(sites) >= s.min_stations and kern.sum() - bg_score >= s.min_score
 
