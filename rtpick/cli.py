@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulate", "Labelled target-region synthetics (Brune source, Q, site, real noise) as a SeisBench dataset."),
     "adapt": ("adapt", "Fine-tune a picker on target-region data; SeisBench weights + model card."),
     "evaluate": ("evaluate", "P/S precision, recall, F1, residuals, recall by SNR/magnitude; JSON report + plots."),
+    "associate": ("associate", "Associate picks (ZeroMQ or JSON lines) into events; rtpick.event/1 as JSON lines or on ZeroMQ."),
     "distill": ("distill", "Distil a picker into a small fast student on unlabelled target data."),
 }
 

@@ -120,6 +120,31 @@ class MetricsConfig(Section):
         return value
 
 
+class AssociateConfig(Section):
+    """Swarm-aware event association (``rtpick associate``; see docs/association.md)."""
+
+    enabled: bool = Field(False, description="Associate picks into events inside the daemon (events on ZeroMQ topic 'event').")
+    stations: str = Field("", description="Station coordinates: CSV (network,station,latitude,longitude,elevation_m) or a tt_stations_1D.db SQLite file; empty = the bundled Oklahoma demo stations (stations.csv).")
+    region: list[float] = Field(default_factory=list, description="Optional [lat_min, lat_max, lon_min, lon_max]: only stations inside are used (the search grid covers them plus margin_km); empty = all stations.")
+    network: str = Field("OK", description="Network code for station files without one (tt_stations_1D.db).")
+    velocity_model: str = Field("", description="TauP .nd file of a 1D model, or '0d:VP,VS' (km/s) for a homogeneous one; empty = the bundled Oklahoma.nd.")
+    grid_spacing_km: float = Field(6.0, gt=0, description="Spacing of the coarse hypocentre grid the picks vote on.")
+    depths_km: list[float] = Field(default_factory=lambda: [3.0, 9.0, 15.0], description="Depths of the coarse grid.")
+    max_depth_km: float = Field(25.0, gt=0, description="Deepest hypocentre the location search considers.")
+    margin_km: float = Field(30.0, ge=0, description="Search area beyond the stations' bounding box.")
+    vote_distance_km: float = Field(80.0, gt=0, description="Stations farther than this from a grid node do not vote for it (limits random coincidences in dense networks).")
+    tolerance_s: float = Field(0.3, gt=0, description="Pick time tolerance floor (s); see tolerance_fraction.")
+    tolerance_fraction: float = Field(0.02, ge=0, description="Tolerance grows with the travel time: max(tolerance_s, tolerance_fraction * tt).")
+    min_picks: int = Field(8, ge=3, description="Minimum picks (one per station and phase) of an event, on top of the picks expected by chance at the current pick rate.")
+    min_p: int = Field(4, ge=0, description="Minimum P picks of an event.")
+    min_s: int = Field(0, ge=0, description="Minimum S picks of an event.")
+    min_stations: int = Field(4, ge=1, description="Minimum distinct station sites of an event.")
+    min_pick_fraction: float = Field(0.5, ge=0, le=1, description="An event's detection radius reaches the farthest P-picked station that keeps this share of nearer stations picked; picks beyond it are dropped.")
+    horizon_s: float = Field(120.0, gt=0, description="Picks older than this (behind the newest pick) expire; events then become final.")
+    step_s: float = Field(1.0, gt=0, description="How often (in data time) new events are searched for.")
+    use_probability: bool = Field(True, description="Weight picks by their probability.")
+
+
 class LoggingConfig(Section):
     """Logging."""
 
@@ -136,6 +161,7 @@ class Config(Section):
     seedlink: SeedLinkConfig = Field(default_factory=SeedLinkConfig, description="SeedLink ingest.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ publication.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
+    associate: AssociateConfig = Field(default_factory=AssociateConfig, description="Event association.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
 
 
