@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         models = {}
         for item in args.model:
-            name, _, spec = item.rpartition("=") if "=" in item and not item.startswith(("seisbench:", "file:")) else ("", "", item)
+            name, _, spec = item.partition("=") if "=" in item and not item.startswith(("seisbench:", "file:")) else ("", "", item)
             models[name or spec] = load_picker(spec)
         ts = load_dataset(args.data)
         first = next(iter(models.values()))
