@@ -324,7 +324,7 @@ class SwarmAssociator:
                 continue
             ev.dirty = False
             rows = np.array(list(ev.slots.values()), np.int64)
-            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km / 2)
+            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km)
             if sol is None:
                 continue
             lat, lon, dep, t0, keep, res = sol
@@ -399,7 +399,7 @@ class SwarmAssociator:
         if len(site_phase) < self.s.min_picks or (site_phase % 2 == 0).sum() < self.s.min_p:
             return None
         sol = self._locate(rows, self._g_lat[node], self._g_lon[node], self._g_dep[node], t0,
-                           span_km=self.s.grid_spacing_km)
+                           span_km=2 * self.s.grid_spacing_km)
         if sol is None:
             return None
         lat, lon, dep, t0, keep, res = sol
@@ -467,7 +467,7 @@ class SwarmAssociator:
         out_sc = np.empty(n_trials)
         out_n = np.empty(n_trials, np.int64)
         ph64 = ph.astype(np.int64)
-        for level in range(3):
+        for level in range(4):
             tl = np.clip(best[0] + unit[:, 1] * span_km / self._ky, self.bounds[0], self.bounds[1])
             tn = np.clip(best[1] + unit[:, 0] * span_km / self._kx, self.bounds[2], self.bounds[3])
             td = np.clip(best[2] + unit[:, 2] * span_z, 0.0, self.s.max_depth_km)
@@ -525,7 +525,7 @@ class SwarmAssociator:
     def _update_rates(self, now: float) -> None:
         """Background pick rate per station and phase (picks/s over the horizon), and mean weight."""
         recent = self._p_t >= now - self.s.horizon_s
-        span = max(min(self.s.horizon_s, now - float(self._p_t.min())), 10.0) if len(self._p_t) else self.s.horizon_s
+        span = self.s.horizon_s  # (a short history underestimates the rate rather than mistaking one event for it)
         idx = self._p_sta[recent].astype(np.int64) * 2 + self._p_ph[recent]
         self._rate = np.bincount(idx, minlength=2 * self._n_sta).reshape(-1, 2) / span
         self._mean_w = float(self._p_w[recent].mean()) if recent.any() else 0.5
@@ -591,7 +591,7 @@ class SwarmAssociator:
         out = []
         if ev.dirty:
             rows = np.array(list(ev.slots.values()), np.int64)
-            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km / 2)
+            sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km)
             if sol is not None:
                 lat, lon, dep, t0, keep, res = sol
                 self._set_solution(ev, lat, lon, dep, t0, keep, res)
