@@ -587,16 +587,18 @@ class SwarmAssociator:
         return snap
 
     def _finalise(self, ev: _OpenEvent) -> list[Event]:
+        """The last revision (``final``): relocated if picks joined since the previous one."""
         ev.event.final = True
-        out = []
         if ev.dirty:
             rows = np.array(list(ev.slots.values()), np.int64)
             sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km)
             if sol is not None:
                 lat, lon, dep, t0, keep, res = sol
+                dropped = np.setdiff1d(rows, keep)
+                self._p_state[dropped] = 0
+                self._vote(dropped, +1.0)
                 self._set_solution(ev, lat, lon, dep, t0, keep, res)
-                out.append(self._emit(ev))
-        return out
+        return [self._emit(ev)]
 
     def _expire(self, now: float, out: list[Event]) -> None:
         limit = now - self.s.horizon_s
