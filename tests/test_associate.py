@@ -213,3 +213,20 @@ def test_settings_mirror_the_config_section():
     settings = settings_from_config(AssociateConfig(min_picks=9, depths_km=[2.0, 8.0]))
     assert settings.min_picks == 9 and settings.depths_km == (2.0, 8.0)
     assert settings.tolerance_s == AssociatorSettings().tolerance_s
+
+
+def test_daemon_sink_publishes_revisions_and_a_final_one(stations, table):
+    from rtpick.associate.sink import AssociatorSink
+
+    published = []
+    sink = AssociatorSink(SwarmAssociator(stations, table), published.append)
+    picks = sorted(_picks(stations, table, 35.8, -97.1, 5.0, T0), key=lambda p: p.time_ns)
+    for i in range(0, len(picks), 10):  # the daemon hands over batches and ticks about once a second
+        sink.publish_picks(picks[i:i + 10])
+        sink.tick()
+    sink.close()
+    assert published and len({ev.event_id for ev in published}) == 1
+    assert [ev.revision for ev in published] == list(range(len(published)))
+    assert published[-1].final and not any(ev.final for ev in published[:-1])
+    for ev in published:
+        validate_message(event_message(ev))

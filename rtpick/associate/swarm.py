@@ -111,6 +111,7 @@ class SwarmAssociator:
         self._open: list[_OpenEvent] = []
         self._last_step: float | None = None
         self._stack_changed = False
+        self._vote_window: np.ndarray | None = None
         self._newest = -np.inf
         self._n_sta = n_sta
 
@@ -532,8 +533,9 @@ class SwarmAssociator:
 
     def _node_threshold(self) -> np.ndarray:
         """Stack threshold per node: the fixed threshold over the votes random picks would give there."""
-        window = np.where(self._node_tol >= 0, 2 * self._node_tol + self.s.bin_s, 0.0)
-        bg = (self._rate[None, :, :] * window).sum(axis=(1, 2)) * self._mean_w
+        if self._vote_window is None:  # (nodes, stations*2): seconds of origin time each slot votes for
+            self._vote_window = np.where(self._node_tol >= 0, 2.0 * self._node_tol + self.s.bin_s, 0.0).reshape(self._n_nodes, -1).astype(np.float64)
+        bg = (self._vote_window @ self._rate.ravel()) * self._mean_w
         return (self.s.stack_threshold + bg + 1.5 * np.sqrt(bg)).astype(np.float32)
 
     def _background(self, lat, lon, dep, radius) -> tuple[float, float]:
