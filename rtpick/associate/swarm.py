@@ -626,11 +626,12 @@ class SwarmAssociator:
         self._cleared_to = clear_to
         # compact the pool when most of it is gone
         gone = (self._p_state != 0) & (self._p_t < limit)
-        in_open = {r for ev in self._open for r in ev.slots.values()}
-        if gone.sum() > 2000 and gone.sum() > len(self._p_t) // 2:
+        n_gone = int(gone.sum())
+        if n_gone > 2000 and n_gone > len(self._p_t) // 2:
             keep = ~gone
-            for r in in_open:
-                keep[r] = True
+            for ev in self._open:
+                for r in ev.slots.values():
+                    keep[r] = True
             remap = np.cumsum(keep) - 1
             for ev in self._open:
                 ev.slots = {k: int(remap[r]) for k, r in ev.slots.items()}
