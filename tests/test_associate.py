@@ -230,3 +230,44 @@ def test_daemon_sink_publishes_revisions_and_a_final_one(stations, table):
     assert published[-1].final and not any(ev.final for ev in published[:-1])
     for ev in published:
         validate_message(event_message(ev))
+
+
+def test_associate_command_subscribes_to_pickers_over_zeromq(oklahoma_dir, table):
+    import signal
+    import time
+
+    import zmq
+
+    from tests.conftest import free_port
+
+    demo = load_stations(oklahoma_dir / "stations.csv")
+    picks = sorted(_picks(demo, table, 35.45, -97.1, 5.0, T0, max_km=400.0), key=lambda p: p.time_ns)
+    port = free_port()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)  # XPUB: we see the subscription arrive, no sleep-and-hope
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "rtpick", "associate", "--subscribe", f"tcp://127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert pub.poll(60_000), "the associator never subscribed"
+        assert pub.recv() == b"\x01pick."
+        for pick in picks:
+            msg = pick_message(pick)
+            net, sta = pick.stream_id.split(".")[:2]
+            pub.send_multipart([f"pick.{net}.{sta}".encode(), json.dumps(msg).encode()])
+        time.sleep(3.0)  # a few ticks
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        pub.close()
+        ctx.term()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events, err
+    assert len({e["event_id"] for e in events}) == 1
+    assert events[-1]["final"] and events[-1]["n_p"] >= 5
+    for doc in events:
+        validate_message(doc)
