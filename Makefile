@@ -28,6 +28,7 @@ demo: $(STAMP) $(SEISBENCH_CACHE_ROOT)
 	$(VENV)/bin/rtpick demo
 
 test: $(STAMP)
+	bash scripts/install-test-services.sh   # Debian prometheus + systemd-analyze, only if missing
 	bash scripts/test.sh
 
 bench: $(STAMP) $(SEISBENCH_CACHE_ROOT)
