@@ -127,3 +127,24 @@ def test_frozen_encoder_changes_no_frozen_parameter(phasenet, tiny_induced):
         assert torch.equal(value, frozen_after[key]), key  # weights and batch-norm statistics alike
     changed = any(not torch.equal(v, model.out.state_dict()[k]) for k, v in trained_before.items())
     assert changed or cfg.epochs == 0 or np.isfinite(0)  # training ran; best state may be the initial one
+
+
+def test_strategies_plan_frozen_blocks_and_learning_rates(phasenet):
+    import copy
+
+    from rtpick.adapt.finetune import FinetuneConfig, blocks, plan
+
+    model = copy.deepcopy(phasenet)
+    names = [name for name, _ in blocks(model)[0]]
+    assert names[0] == "stem" and names[-1] == "out" and blocks(model)[1] == 6  # stem + 5 down blocks
+
+    groups, _, frozen = plan(model, FinetuneConfig(strategy="frozen-k", freeze_k=2))
+    assert frozen == ["stem", "down_branch.0"] and not model.inc.weight.requires_grad
+    assert groups[0]["name"] == "down_branch.1"
+
+    groups, _, frozen = plan(model, FinetuneConfig(strategy="discriminative", lr=1e-3, lr_decay=0.5))
+    assert frozen == [] and groups[-1]["lr"] == 1e-3 and groups[-2]["lr"] == 5e-4
+    assert groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** (len(names) - 1))
+
+    with pytest.raises(ValueError, match="unknown strategy"):
+        plan(model, FinetuneConfig(strategy="half"))
