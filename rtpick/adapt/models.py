@@ -15,26 +15,13 @@ daemon's ``file:OUT/model`` spec. ``model_class`` is a SeisBench class name
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import seisbench
 import seisbench.models as sbm
 
-
-class ModelSpecError(ValueError):
-    """A model spec that names nothing loadable."""
-
-
-def model_class(name: str):
-    if "." in name:
-        module, _, cls = name.rpartition(".")
-        return getattr(importlib.import_module(module), cls)
-    cls = getattr(sbm, name, None)
-    if not isinstance(cls, type):
-        raise ModelSpecError(f"unknown SeisBench model class {name!r}")
-    return cls
+from rtpick.inference.models import load_model
 
 
 def class_name(model) -> str:
@@ -43,24 +30,10 @@ def class_name(model) -> str:
 
 
 def load_picker(spec: str):
-    """``seisbench:<Class>/<weights>``, ``file:<base>`` (base.json + base.pt), or a folder written by ``rtpick adapt``."""
-    kind, _, rest = spec.partition(":")
-    if kind == "seisbench":
-        cls_name, _, weights = rest.partition("/")
-        if not weights:
-            raise ModelSpecError(f"model spec {spec!r}: expected 'seisbench:<Class>/<weights>'")
-        model = model_class(cls_name).from_pretrained(weights)
-    else:
-        base = Path(rest if kind == "file" else spec)
-        if base.is_dir():
-            base = base / "model"
-        sidecar = base.with_name(base.name + ".json")
-        if not sidecar.is_file():
-            raise ModelSpecError(f"model spec {spec!r}: no sidecar {sidecar} (expected 'seisbench:<Class>/<name>', 'file:<base>' or an adapt output folder)")
-        meta = json.loads(sidecar.read_text())
-        model = model_class(meta.get("model_class", "PhaseNet")).load(base, weights_only=True)
-    model.eval()
-    return model
+    """The torch model of a spec, through the daemon's own loader; a bare path means ``file:<path>``."""
+    if not spec.startswith(("seisbench:", "file:")):
+        spec = f"file:{spec}"
+    return load_model(spec).model
 
 
 def save_picker(model, out_dir: str | Path, card: dict) -> Path:

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rtpick.adapt import evaluate as ev
     from rtpick.adapt.datasets import DatasetError, load_dataset, validate
-    from rtpick.adapt.models import ModelSpecError, load_picker
+    from rtpick.adapt.models import load_picker
+    from rtpick.inference.models import ModelError
 
     try:
         models = {}
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 thresholds[name] = {ph: float(model.default_args.get(f"{ph}_threshold", 0.3)) for ph in ("P", "S")}
             else:
                 thresholds[name] = {"P": float(args.thresholds), "S": float(args.thresholds)}
-    except (DatasetError, ModelSpecError, ValueError) as exc:
+    except (DatasetError, ModelError, ValueError) as exc:
         print(f"rtpick evaluate: {exc}", file=sys.stderr)
         return 2
     report = ev.evaluate_models(models, test, thresholds=thresholds)

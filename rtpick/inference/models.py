@@ -2,14 +2,16 @@
 
 ``file:<path>`` names SeisBench's on-disk format: ``<path>.json`` (sidecar with
 ``model_args``, ``default_args``, docstring, version) and ``<path>.pt`` (state
-dict), as written by ``model.save(path)`` and by ``rtpick adapt``. The model
-class comes from the sidecar's ``model_class`` key (default ``PhaseNet``).
+dict), as written by ``model.save(path)`` and by ``rtpick adapt`` (whose output
+folder may be given as the path). The model class comes from the sidecar's
+``model_class`` key (default ``PhaseNet``; a dotted path for rtpick's own students).
 Nothing is downloaded unless SeisBench itself is asked for missing weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +42,19 @@ def _sha256(path: Path) -> str:
 
 
 def _model_class(name: str):
+    """A SeisBench class name (``PhaseNet``) or a dotted path (``rtpick.adapt.student.TinyPhaseNet``)."""
     import seisbench.models as sbm
 
-    cls = getattr(sbm, name, None)
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr, None)
+        except ImportError as exc:
+            raise ModelError(f"model class {name!r}: cannot import {module}: {exc}") from exc
+    else:
+        cls = getattr(sbm, name, None)
     if cls is None or not isinstance(cls, type):
-        raise ModelError(f"unknown SeisBench model class {name!r}")
+        raise ModelError(f"unknown model class {name!r}")
     return cls
 
 
@@ -65,6 +75,8 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         sha = _sha256(pt_files[-1]) if pt_files else ""
     elif kind == "file":
         base = Path(rest)
+        if base.is_dir():  # a folder written by `rtpick adapt`
+            base = base / "model"
         sidecar = base.with_name(base.name + ".json")
         weights_file = base.with_name(base.name + ".pt")
         if not sidecar.is_file() or not weights_file.is_file():
