@@ -17,6 +17,8 @@ import sys
 
 from rtpick.config import Config, ConfigError, load_config
 
+RESTART_CONTEXT_S = 300.0  # data re-fed as context after a restart (must exceed how long a pick takes to be final)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config TOML (default: built-in defaults)")
@@ -82,13 +84,14 @@ def run(args: argparse.Namespace) -> int:
     state = load_state(config.seedlink.state_file)
     outputs = Outputs(config)  # ZeroMQ, Prometheus, status heartbeat (rtpick.publish)
     pipeline = Pipeline(config, model, observer=outputs.metrics)
-    # after a restart: picks older than one window plus the component wait before the saved position
-    # were final before it (suppressed); one more window of data before that is re-fed as context
-    window_s = pipeline.in_samples / pipeline.fs
-    guard_s = window_s + config.stream.component_wait_s
+    # after a restart the pipeline is re-fed RESTART_CONTEXT_S of data before the saved position, so
+    # picks that were not final at a kill come out again; the previous process's published picks
+    # are suppressed by the state's pick memory, and picks in the first model window of that
+    # context (no data before it: edge effects) by the guard
+    guard_s = RESTART_CONTEXT_S - pipeline.in_samples / pipeline.fs
     try:
         ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds,
-                                warmup_s=guard_s + window_s)
+                                warmup_s=RESTART_CONTEXT_S)
         sinks = build_sinks(config, args)
         outputs.start(pipeline, ingest)
     except (ValueError, OSError, *STARTUP_ERRORS) as exc:

@@ -5,7 +5,8 @@ Like slarchive/SeisComP state files, but versioned JSON::
     {"format": "rtpick.seedlink-state/1", "saved": "...Z",
      "stations": {"OK_FNO": 371, ...},             # last seq handed downstream
      "channels": {"OK.FNO.01.HHZ": 1371397430000000000, ...},   # end_ns of that data
-     "picks": {"OK.FNO.01.HHZ|P": [1371397137120000000, ...]}}  # recently published
+     "picks": {"OK.FNO.01.HHZ|P": [1371397137120000000, ...]},  # recently published
+     "audit_bytes": 0}
 
 Writes go to a temporary file in the same directory, are fsync'ed and renamed
 over the old file (then the directory is fsync'ed), so a crash leaves either
@@ -28,7 +29,7 @@ from rtpick.types import ns_to_iso
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "rtpick.seedlink-state/1"
-PICKS_KEPT = 16  # recent pick times kept per (stream, phase) for duplicate suppression
+PICKS_KEPT = 256  # at most this many recent pick times per (stream, phase) for duplicate suppression
 
 
 @dataclass
@@ -56,9 +57,12 @@ class IngestState:
             raise ValueError("sequence number out of range")
         return cls(stations, channels, picks, int(doc.get("audit_bytes", 0)))
 
-    def remember_pick(self, key: str, time_ns: int) -> None:
+    def remember_pick(self, key: str, time_ns: int, keep_ns: int | None = None) -> None:
+        """Remember a published pick; forget those more than ``keep_ns`` older than it."""
         times = self.picks.setdefault(key, [])
         times.append(time_ns)
+        if keep_ns is not None:
+            times[:] = [t for t in times if t >= time_ns - keep_ns]
         del times[:-PICKS_KEPT]
 
 

@@ -29,8 +29,11 @@ Extension points
 
 Resume and duplicates: the state file holds, per station, the sequence number of
 the last record *handed to the pipeline* and, per (stream, phase), the times of
-recently published picks; a pick within ``DUP_TOLERANCE_NS`` of one already
-published is suppressed, so a restart never publishes a pick twice.
+the picks published in the last ``pick_memory_s`` of data; a pick within
+``DUP_TOLERANCE_NS`` of one already published is suppressed, so a restart never
+publishes a pick twice. After a restart the ingest re-feeds context from before
+the saved position; picks older than ``resume_guard_s`` before it (the first
+window of that context, where the pipeline lacks data before) are suppressed.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class Daemon:
                  pick_filters: Iterable[Callable[[list[Pick]], list[Pick]]] = (), queue_records: int = 5000,
                  tick_s: float = 1.0, state_flush_s: float = 1.0, drain_timeout_s: float = 30.0,
                  record_observer: Callable[[Record], None] | None = None, audit_path: str | None = None,
-                 resume_guard_s: float = 0.0):
+                 resume_guard_s: float = 0.0, pick_memory_s: float = 600.0):
         if pipeline is None:
             from rtpick.pipeline import Pipeline
 
@@ -150,6 +153,7 @@ class Daemon:
         # before it: published then (suppressed by the pick memory) or never picks at all
         guard = int(resume_guard_s * NS_PER_S)
         self._pick_floor = {sid: end - guard for sid, end in self.state.channels.items()} if guard else {}
+        self._pick_memory_ns = int(pick_memory_s * NS_PER_S)
         self.stats = DaemonStats()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_records)
         self._stop = threading.Event()
@@ -351,17 +355,19 @@ class Daemon:
             if any(abs(pick.time_ns - t) <= DUP_TOLERANCE_NS for t in self.state.picks.get(key, ())):
                 self.stats.picks_suppressed += 1
                 continue
-            self.state.remember_pick(key, pick.time_ns)
+            self.state.remember_pick(key, pick.time_ns, self._pick_memory_ns)
             fresh.append(pick)
         for filt in self.pick_filters:
             fresh = filt(fresh)
         if not fresh:
             return
+        # remembered (state saved) *before* they leave: a kill in between loses them rather than
+        # publishing them twice after the restart (the window is one publish call)
+        self._dirty = True
+        self._save(force=True)
         for sink in self.sinks:
             sink.publish_picks(fresh)
         self.stats.picks_published += len(fresh)
-        self._dirty = True
-        self._save(force=True)  # published picks are remembered before anything else happens
 
     def _trim_audit(self) -> None:
         """Cut the audit log back to what the state file says was committed (a kill between the two writes)."""
