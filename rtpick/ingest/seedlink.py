@@ -167,7 +167,6 @@ class SeedLinkIngest:
         conn.connect()
         self.stats.connects += 1
         stations = self._expand(conn)
-        walk = slcmd.NegotiationWalk()
         accepted = 0
         for key, channels in stations:
             station_cmd = slcmd.station_v3(key, expect_reply=True)
@@ -175,12 +174,15 @@ class SeedLinkIngest:
             if not resp:
                 self._count("station_rejected", key, "server does not have this station")
                 continue
-            walk.record(station_cmd, resp)
             for sel in channels:
                 resp = conn._send_command(slcmd.select_v3(key, sel, expect_reply=True))
                 if not resp:
                     self._count("selector_rejected", key, f"selector {sel!r} rejected")
-            conn._send_command(self._action(key))
+            action = self._action(key)
+            resp = conn._send_command(action)
+            if not resp:
+                self._count("station_rejected", key, f"{action.text!r} rejected")
+                continue
             accepted += 1
         if not accepted:
             raise SeedLinkError("no station accepted")

@@ -8,6 +8,7 @@ clients stream concurrently and a slow one never holds up the others.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import threading
 import time
@@ -171,8 +172,6 @@ class Session:
             self.reply(False)
             return
         sta, net = args[0], (args[1] if len(args) > 1 else "*")
-        import fnmatch
-
         keys = [k for k in self.server.stations if fnmatch.fnmatchcase(k, f"{net}_{sta}")]
         self.multi = True
         if not keys:
