@@ -419,7 +419,11 @@ class ServerThread:
 
     def start(self, timeout: float = 60.0) -> ServerThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -441,7 +445,9 @@ class ServerThread:
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(timeout)
-        self._loop.close()
+        if not self._loop.is_closed() and not self._loop.is_running():
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())  # the packing worker thread
+            self._loop.close()
 
     def __enter__(self) -> ServerThread:
         return self.start()
