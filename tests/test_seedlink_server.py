@@ -280,3 +280,34 @@ def test_loop_continues_sequence_numbers_and_shifts_time(archive):
 def test_loop_needs_a_speed(archive):
     with pytest.raises(ValueError):
         ServerThread(archive, port=0, loop=True)
+
+
+def test_serve_seedlink_command(oklahoma_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from seedlink_client import Protocol, SeedLink
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "rtpick", "serve-seedlink", str(oklahoma_dir), "--port", "0",
+                             "--speed", "100", "--shift-to-now", "--log-level", "WARNING"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line + proc.stderr.read()
+        sl = SeedLink("127.0.0.1", int(line.rsplit(":", 1)[1]), timeout=10, protocol=Protocol.V3)
+        sl.connect()
+        assert sl.server_id.startswith("SeedLink v3.1")
+        assert len(sl.info_dict("STATIONS")["seedlink"]["station"]) == 7
+        sl.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    bad = subprocess.run([sys.executable, "-m", "rtpick", "serve-seedlink", str(oklahoma_dir), "--loop"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--loop needs" in bad.stderr
