@@ -29,7 +29,7 @@ from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel, load_model
 from rtpick.picking.extract import TriggerPicker
 from rtpick.stream import dsp
-from rtpick.stream.buffers import ChannelFeed, GroupBuffer
+from rtpick.stream.buffers import ChannelFeed, GroupBuffer, grid_ns
 from rtpick.stream.windows import Block, Window, WindowScheduler
 from rtpick.types import NS_PER_S, Pick, Record
 
@@ -320,10 +320,7 @@ class Pipeline:
 
     def index_to_ns(self, index: int, offset_ns: float = 0.0) -> int:
         """Absolute grid index (plus sub-sample offset) to integer nanoseconds."""
-        fs = self.fs
-        if fs == int(fs):
-            return index * NS_PER_S // int(fs) + int(round(offset_ns))
-        return int(round(index * (NS_PER_S / fs) + offset_ns))
+        return grid_ns(index, self.fs) + int(round(offset_ns))
 
     def _emit(self, station: Station, block: Block, cls: int, trig) -> None:
         offset = station.buffer.offset_ns(block.start, trig.peak)

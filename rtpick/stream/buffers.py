@@ -26,6 +26,17 @@ from rtpick.types import NS_PER_S, Record
 log = logging.getLogger(__name__)
 
 
+def grid_ns(index: int, sampling_rate: float) -> int:
+    """Time (integer ns) of grid index ``index``; exact integer arithmetic for integer rates.
+
+    Float arithmetic at epoch scale (~1.4e18 ns) has a resolution of 256 ns, enough
+    to flip the microsecond of a published pick time between two runs.
+    """
+    if sampling_rate == int(sampling_rate):
+        return index * NS_PER_S // int(sampling_rate)
+    return round(index * (NS_PER_S / sampling_rate))
+
+
 @dataclass(slots=True)
 class Segment:
     """A contiguous run of one component on the grid: ``[first, last]`` and its sub-sample offset."""
@@ -220,7 +231,7 @@ class ChannelFeed:
         self.seg_n_in = 0
         self.seg_n_out = 0
         self.seg_base = round(start_ns * fs / NS_PER_S)
-        self.seg_offset_ns = start_ns - self.seg_base * NS_PER_S / fs
+        self.seg_offset_ns = float(start_ns - grid_ns(self.seg_base, fs))
         self.resampler = None if sampling_rate == fs else Resampler(sampling_rate, fs, self.resample_response)
         self.expected_ns = start_ns
 
