@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rtpick.ingest.seedlink import ERROR_CAUSES as INGEST_ERROR_CAUSES  # every cause starts at 0
 from rtpick.types import NS_PER_S, Pick
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ MAX_CAUSES = 16  # distinct rejection causes before further ones are counted as 
 # Declared at 0 from the start, so rate()/increase() have data before the first one happens
 # (the pipeline's and the SeedLink client's cause names; others still appear when they occur).
 REJECT_CAUSES = ("bad_sampling_rate", "bad_samples", "non_finite", "bad_stream_id", "channel_not_selected", "unknown_component")
-INGEST_ERROR_CAUSES = ("connect_failed", "disconnected", "timeout", "protocol_error", "bad_record")
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 DATA_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
