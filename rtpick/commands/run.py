@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds,
                                 warmup_s=RESTART_CONTEXT_S)
         sinks = build_sinks(config, args)
+        if config.associate.enabled:  # events on the daemon's ZeroMQ socket, topic 'event' (docs/association.md)
+            from rtpick.associate.sink import AssociatorSink
+
+            sinks.append(AssociatorSink.from_config(config.associate, outputs.publish_event))
         outputs.start(pipeline, ingest)
     except (ValueError, OSError, *STARTUP_ERRORS) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
