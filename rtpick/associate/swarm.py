@@ -484,6 +484,10 @@ class SwarmAssociator:
             span_km /= 2.5
             span_z /= 2.5
         lat, lon, dep = best
+        b = self.bounds
+        edge = 1.0 / self._ky
+        if min(lat - b[0], b[1] - lat) < edge or min((lon - b[2]) * self._kx, (b[3] - lon) * self._kx) < 1.0:
+            return None  # pinned to the search-area edge: a trade-off ghost or an event outside the area
         d = distance_km(lat, lon, st.latitude[sta], st.longitude[sta])
         tt = np.where(ph == 0, self.table(0, d, dep), self.table(1, d, dep)) + self._sta_corr[sta, ph]
         res = t - t0 - tt
