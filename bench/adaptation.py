@@ -64,7 +64,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     _offline_cache()
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)

@@ -40,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(f"rtpick.commands.{module_name}").add_arguments(cmd)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"rtpick.commands.{args._module}")
-    return int(module.run(args) or 0)
+    from rtpick.commands.startup import StartupError
+
+    try:
+        return int(module.run(args) or 0)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -251,6 +251,9 @@ class Pipeline:
         if not seen:
             return
         ready = max(seen) if final else buf.ready_to(self.wait_samples)
+        scanned = station.scheduler.scanned_to
+        if not final and scanned is not None and ready is not None and ready <= scanned:
+            return  # a leading component moved; nothing new is complete for the station yet
         due = station.scheduler.advance(buf, ready)
         if final:
             due += station.scheduler.finish()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtpick.adapt.datasets import P_COL, PICK_COLUMNS, S_COL, TraceSet
+from rtpick.adapt.datasets import P_COL, PICK_COLUMNS, TraceSet
 
 TOLERANCES_S = (0.1, 0.5)
 SNR_BINS_DB = (-np.inf, 5.0, 10.0, 20.0, np.inf)

@@ -34,17 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtpick.config import ConfigError, load_config
+    from rtpick.commands import startup
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = startup.configure(args.config)
+    model = startup.load_configured_model(config)
     log = logging.getLogger("rtpick.demo")
 
-    from rtpick.inference.models import ModelError, load_model
     from rtpick.ingest.seedlink import SeedLinkIngest
     from rtpick.pipeline import Pipeline
     from rtpick.seedlink_server.archive import Archive
@@ -52,11 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.service.daemon import Daemon, ListSink, StdoutSink
     from rtpick.types import ns_to_iso
 
-    try:
-        model = load_model(config.inference.model, config.inference.device)
-    except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return 3
     archive = Archive([args.data])
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rtpick-demo-") as tmp, \

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 
-from rtpick.config import ConfigError, load_config
+from rtpick.commands import startup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,24 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = startup.configure(args.config)
+    model = startup.load_configured_model(config)
 
     from rtpick.ingest.replay import ReplayIngest
-    from rtpick.inference.models import ModelError, load_model
     from rtpick.pipeline import Pipeline
     from rtpick.publish.messages import pick_message
 
     speed = config.replay.speed if args.speed is None else args.speed
-    try:
-        model = load_model(config.inference.model, config.inference.device)
-    except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return 3
     pipeline = Pipeline(config, model)
     ingest = ReplayIngest(args.paths, speed=speed, record_samples=config.replay.record_samples)
     records = list(ingest.records()) if speed == 0 else ingest.records()

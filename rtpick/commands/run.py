@@ -15,7 +15,8 @@ import argparse
 import logging
 import sys
 
-from rtpick.config import Config, ConfigError, load_config
+from rtpick.commands import startup
+from rtpick.config import Config
 
 RESTART_CONTEXT_S = 300.0  # data re-fed as context after a restart (must exceed how long a pick takes to be final)
 
@@ -57,18 +58,9 @@ def build_sinks(config: Config, args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = apply_overrides(load_config(args.config), args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"config error (command line): {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = startup.configure(args.config, lambda cfg: apply_overrides(cfg, args))
     log = logging.getLogger("rtpick.run")
 
-    from rtpick.inference.models import ModelError, load_model
     from rtpick.ingest.seedlink import SeedLinkIngest
     from rtpick.ingest.state import load_state
     from rtpick.pipeline import Pipeline
@@ -76,11 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.service.daemon import Daemon
     from rtpick.service.systemd import SystemdHook
 
-    try:
-        model = load_model(config.inference.model, config.inference.device)
-    except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return 3
+    model = startup.load_configured_model(config)
     state = load_state(config.seedlink.state_file)
     outputs = Outputs(config)  # ZeroMQ, Prometheus, status heartbeat (rtpick.publish)
     pipeline = Pipeline(config, model, observer=outputs.metrics)

@@ -137,8 +137,12 @@ class GroupBuffer:
 
     def coverage(self, start: int, stop: int) -> np.ndarray:
         """Boolean per index in ``[start, stop)``: does any component have data there?"""
-        idx = np.arange(start, stop) % self.capacity
-        return self.have[:, idx].any(axis=0)
+        i0, n = start % self.capacity, stop - start
+        if i0 + n <= self.capacity:
+            return self.have[:, i0:i0 + n].any(axis=0)
+        if n <= self.capacity:
+            return np.concatenate([self.have[:, i0:].any(axis=0), self.have[:, :i0 + n - self.capacity].any(axis=0)])
+        return self.have[:, np.arange(start, stop) % self.capacity].any(axis=0)
 
     def offset_ns(self, first: int, last: int) -> float:
         """Mean sub-sample offset of the segments overlapping ``[first, last]`` (SeisBench's t_offset)."""
