@@ -132,14 +132,16 @@ def rss_child(stations: int, seconds: int, buffer_seconds: float) -> None:
                 for rec in records_from_arrays(f"XX.S{s:04d}..HH{comp}", start, 100.0, data, 412):
                     pipe.feed(rec)
     pipe.flush()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    # VmHWM belongs to this process image; ru_maxrss would inherit the parent's peak across spawn
+    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(hwm_kib / 1024.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stations", type=int, default=20)
     ap.add_argument("--seconds", type=int, default=600)
-    ap.add_argument("--strides", type=float, nargs="+", default=[10.0, 15.0])
+    ap.add_argument("--strides", type=float, nargs="*", default=[10.0, 15.0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
