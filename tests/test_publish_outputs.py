@@ -17,6 +17,7 @@ from rtpick.publish.messages import validate_message
 from rtpick.publish.metrics import MetricsError
 from rtpick.publish.outputs import Outputs
 from rtpick.publish.zmq import Publisher
+from tests.procs import drive_until_exit
 from tests.test_publish_messages import make_event, make_pick, make_status
 from tests.test_publish_zmq import receive, subscribe, wait_joined
 
@@ -89,18 +90,15 @@ def test_listen_reports_missed_messages():
     pub = Publisher("tcp://127.0.0.1:*", linger_s=0).start()
     proc = subprocess.Popen([sys.executable, "-m", "rtpick", "listen", pub.endpoint, "--topic", "status", "--count", "3", "--timeout", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    seq = [0]
+
+    def send_every_third() -> None:  # the subscriber sees 2 missing before each
+        seq[0] += 3
+        pub._socket.send_multipart([b"status", json.dumps(dict(make_status(), seq=seq[0])).encode()])
+
     try:
-        deadline = time.monotonic() + 30
-        seq = 0
-        while proc.poll() is None and time.monotonic() < deadline:
-            seq += 3  # every third message: the subscriber sees 2 missing before each
-            pub._socket.send_multipart([b"status", json.dumps(dict(make_status(), seq=seq)).encode()])
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=10)
+        out, err = drive_until_exit(proc, send_every_third)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         pub.close()
     assert proc.returncode == 0, err
     assert len(out.splitlines()) == 3

@@ -19,6 +19,7 @@ from rtpick.config import ConfigError, parse_config
 from rtpick.publish.messages import pick_message, validate_message
 from rtpick.publish.zmq import Publisher, PublishError
 
+from tests.procs import drive_until_exit
 from tests.test_publish_messages import make_event, make_pick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,18 +220,8 @@ def test_rtpick_listen_prints_json_lines(publisher, tmp_path):
         [sys.executable, "-m", "rtpick", "listen", publisher.endpoint, "--topic", "pick.", "--count", "2", "--timeout", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
-    try:
-        # publish until the subscriber has joined; it exits after two picks
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            publisher.publish_pick(make_pick())
-            publisher.publish(make_status_doc())
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # publish until the subscriber has joined; it exits after two picks
+    out, err = drive_until_exit(proc, lambda: (publisher.publish_pick(make_pick()), publisher.publish(make_status_doc())))
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 2 and all(doc["schema"] == "rtpick.pick/1" for doc in lines)
@@ -259,15 +250,8 @@ def test_rtpick_listen_over_curve(tmp_path):
          "--with-topic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            pub.publish_pick(make_pick())
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=10)
+        out, err = drive_until_exit(proc, lambda: pub.publish_pick(make_pick()))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         pub.close()
     assert proc.returncode == 0, err
     topic, payload = out.strip().split("\t")
