@@ -266,7 +266,7 @@ class Pipeline:
         n = min(len(self.queue), self.config.inference.batch_size)
         windows = [self.queue.popleft() for _ in range(n)]
         batch = self._batch[:n]
-        valid = []
+        valid: set[int] = set()
         for i, win in enumerate(windows):
             buf = win.group.buffer
             frontier = max(f for f in buf.filled_to if f is not None)
@@ -275,7 +275,7 @@ class Pipeline:
                 self._log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
                 continue
             self.engine.gather(buf.data, buf.have, np.array([win.start], dtype=np.int64), batch[i:i + 1])
-            valid.append(i)
+            valid.add(i)
         t0 = time.perf_counter()
         preds = self.engine.predict(batch)
         seconds = time.perf_counter() - t0
@@ -285,12 +285,11 @@ class Pipeline:
         if self.observer is not None:
             self.observer.on_batch(n, seconds)
         touched: dict[int, Station] = {}
-        valid_set = set(valid)
         for i, win in enumerate(windows):
             station: Station = win.group  # type: ignore[assignment]
             block = win.block
             block.pending.popleft()
-            if i in valid_set:
+            if i in valid:
                 skip = max(0, block.stack_floor - win.start)
                 dsp.stack_window(station.acc, station.cnt, win.start + skip, preds[i, skip:], self.use_max)
             touched[id(station)] = station
@@ -312,7 +311,7 @@ class Pipeline:
                     for trig in picker.scan(values[k], block.picked_to):
                         self._emit(station, block, k, trig)
                 block.picked_to = final_to
-            if block.end is None or block.pending or block.picked_to < block.end:
+            if not block.done:
                 break
             for k, picker in station.pickers.items():
                 for trig in picker.close():

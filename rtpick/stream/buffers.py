@@ -83,11 +83,7 @@ class GroupBuffer:
         if self.first_index is None:
             self.first_index = first
         self.filled_to[component] = end
-        seg = self.segments[-1] if self.segments else None
-        if seg is not None and seg.component == component and seg.last == first - 1 and seg.offset_ns == offset_ns:
-            seg.last = end - 1
-        else:
-            self._extend_segment(component, first, end - 1, offset_ns)
+        self._extend_segment(component, first, end - 1, offset_ns)
         return n - skip, late
 
     def _extend_segment(self, component: int, first: int, last: int, offset_ns: float) -> None:
