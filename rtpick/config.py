@@ -14,7 +14,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+# Marks options whose default comes from the model when the user leaves them unset
+# (see rtpick.inference.regions.build_lane_specs). The Python default stays for code
+# that reads the option directly; set in the file, the option overrides the model.
+# config.example.toml shows these options commented out so copying it keeps them unset.
+FROM_MODEL: dict[str, Any] = {"from_model": True}
+
+
+def explicitly_set(section: BaseModel, key: str) -> bool:
+    """Whether ``key`` was given in the config file (not just defaulted)."""
+    return key in section.model_fields_set
 
 
 class Section(BaseModel):
@@ -33,13 +45,14 @@ class ReplayConfig(Section):
 class StreamConfig(Section):
     """Per-channel ring buffers and channel grouping."""
 
-    buffer_seconds: float = Field(120.0, gt=0, description="Seconds of data kept per channel; bounds memory. Must exceed the model window.")
+    buffer_seconds: float = Field(120.0, gt=0, description="Seconds of data kept per channel; bounds memory. Unset = 120 s, lengthened where a model's window needs it (two windows plus one step); set = used as given for every lane and must hold that.", json_schema_extra=FROM_MODEL)
     component_wait_s: float = Field(30.0, ge=0, description="Data seconds a station waits for a lagging component before filling it with zeros (as SeisBench does for missing components); must exceed the usual skew between components (about one record).")
     resample_response: Literal["seisbench", "flat"] = Field("seisbench", description="Response of the streaming resampler for channels not at the model rate: 'seisbench' imitates SeisBench annotate (Butterworth for integer decimation, ObsPy's Hann-tapered FFT resampling otherwise); 'flat' is a plain low-pass at 0.9 of the lower Nyquist.")
     channels: list[str] = Field(
         default_factory=lambda: ["HH?", "BH?", "EH?", "HN?", "SH?"],
         description="Channel families to pick on (SEED band+instrument with '?' for the component).",
     )
+    inventory: str = Field("", description="Station inventory for region polygons and `rtpick models`: StationXML (read with ObsPy) or a CSV network,station,latitude,longitude,elevation_m (as [associate] stations); empty = none (regions select by stations globs only, matched at run time).")
 
 
 class InferenceConfig(Section):
@@ -50,10 +63,17 @@ class InferenceConfig(Section):
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
     batch_size: int = Field(64, ge=1, description="Maximum windows per forward pass.")
     max_wait_s: float = Field(1.0, ge=0, description="Run a partial batch once its oldest window has waited this long (real-time mode).")
-    overlap_s: float = Field(15.0, ge=0, description="Overlap of consecutive windows in seconds (SeisBench PhaseNet default: 1500 samples = 15 s).")
-    stacking: Literal["avg", "max"] = Field("avg", description="How overlapping window predictions are combined, as SeisBench 'stacking'.")
-    blinding_samples: tuple[int, int] = Field((0, 0), description="Prediction samples discarded at the start and end of each window, as SeisBench 'blinding'.")
+    overlap_s: float = Field(15.0, ge=0, description="Overlap of consecutive windows in seconds. Unset = the model's SeisBench default in its own samples (PhaseNet 1500, EQTransformer 3000), so any sampling rate matches SeisBench annotate.", json_schema_extra=FROM_MODEL)
+    stacking: Literal["avg", "max"] = Field("avg", description="How overlapping window predictions are combined, as SeisBench 'stacking'. Unset = the model's default (PhaseNet avg, EQTransformer max).", json_schema_extra=FROM_MODEL)
+    blinding_samples: tuple[int, int] = Field((0, 0), description="Prediction samples discarded at the start and end of each window, as SeisBench 'blinding'. Unset = the model's default (PhaseNet 0 0, EQTransformer 500 500).", json_schema_extra=FROM_MODEL)
     block_end: Literal["exact", "fast"] = Field("exact", description="'exact': hold picks back until a gap or end of data could no longer add SeisBench's end-aligned window (identical to annotate; up to one stride more latency). 'fast': lower latency, the end window only adds to samples not yet final.")
+
+
+def _check_thresholds(value: dict[str, float] | None) -> dict[str, float] | None:
+    for phase, thr in (value or {}).items():
+        if not 0.0 < thr <= 1.0:
+            raise ValueError(f"threshold for {phase} must be in (0, 1], got {thr}")
+    return value
 
 
 class PickingConfig(Section):
@@ -61,16 +81,14 @@ class PickingConfig(Section):
 
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {"P": 0.3, "S": 0.3},
-        description="Trigger threshold per phase; a pick ends when the probability falls below half of it.",
+        description="Trigger threshold per phase; a pick ends when the probability falls below half of it. Unset = the model's default_args ('P_threshold', ... as `rtpick adapt` writes them; SeisBench's 0.3 for PhaseNet).",
+        json_schema_extra=FROM_MODEL,
     )
 
     @field_validator("thresholds")
     @classmethod
     def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
-        for phase, thr in value.items():
-            if not 0.0 < thr <= 1.0:
-                raise ValueError(f"threshold for {phase} must be in (0, 1], got {thr}")
-        return value
+        return _check_thresholds(value)
 
 
 class SeedLinkConfig(Section):
@@ -145,6 +163,66 @@ class AssociateConfig(Section):
     use_probability: bool = Field(True, description="Weight picks by their probability.")
 
 
+_REGION_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
+class RegionConfig(Section):
+    """A region: the stations one model serves, with optional overrides of the model's defaults.
+
+    Regions are tried in file order and the first match wins; the region named
+    ``default`` (no selector) takes every station no other region matched. Without
+    any ``[[regions]]`` the whole network is one implicit ``default`` region built
+    from ``[inference]``/``[picking]``, exactly as before regions existed.
+    """
+
+    name: str = Field(..., pattern=_REGION_NAME, description="Region name (the 'region' field of picks and metric label); 'default' catches unmatched stations.")
+    stations: list[str] = Field(default_factory=list, description="FDSN 'NET.STA.LOC.CHA' globs, e.g. 'OK.*.*.HH?' ('?' and '*' as in shell patterns; CHA is the channel family with '?' for the component).")
+    polygon: list[tuple[float, float]] = Field(default_factory=list, description="[lat, lon] vertices (at least 3) of a polygon; stations of stream.inventory inside it belong to the region.")
+    model: str | None = Field(None, description="Model spec as inference.model; unset = inference.model.")
+    device: str | None = Field(None, description="torch device for this region's model; unset = inference.device.")
+    batch_size: int | None = Field(None, ge=1, description="Maximum windows per forward pass of this region's model; unset = inference.batch_size.")
+    channels: list[str] | None = Field(None, description="Channel families this region picks on; unset = stream.channels.")
+    thresholds: dict[str, float] | None = Field(None, description="Trigger threshold per phase; unset = picking.thresholds if set, else the model's default_args.")
+    overlap: int | None = Field(None, ge=0, description="Window overlap in the model's own samples; unset = overlap_s or inference.overlap_s if set, else the model's SeisBench default.")
+    overlap_s: float | None = Field(None, ge=0, description="Window overlap in seconds (alternative to overlap).")
+    stacking: Literal["avg", "max"] | None = Field(None, description="'avg' or 'max'; unset = inference.stacking if set, else the model's default.")
+    blinding_samples: tuple[int, int] | None = Field(None, description="Prediction samples discarded at each window's start and end; unset = inference.blinding_samples if set, else the model's default.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return _check_thresholds(value)
+
+    @field_validator("stations")
+    @classmethod
+    def _four_part_globs(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if pattern.count(".") != 3:
+                raise ValueError(f"station selector {pattern!r} must be 'NET.STA.LOC.CHA' (use '*' for any part, e.g. 'OK.*.*.HH?')")
+        return value
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon_shape(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if value and len(value) < 3:
+            raise ValueError(f"polygon needs at least 3 [lat, lon] vertices, got {len(value)}")
+        for lat, lon in value:
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0):
+                raise ValueError(f"polygon vertex [{lat}, {lon}] is not [lat, lon]")
+        return value
+
+    @model_validator(mode="after")
+    def _selector_rules(self) -> "RegionConfig":
+        has_selector = bool(self.stations or self.polygon)
+        if self.name == "default" and has_selector:
+            raise ValueError("the 'default' region takes every unmatched station: give it no stations or polygon")
+        if self.name != "default" and not has_selector:
+            raise ValueError(f"region {self.name!r} selects no stations: give stations globs and/or a polygon")
+        if self.overlap is not None and self.overlap_s is not None:
+            raise ValueError("give overlap (model samples) or overlap_s (seconds), not both")
+        return self
+
+
 class LoggingConfig(Section):
     """Logging."""
 
@@ -163,6 +241,17 @@ class Config(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
     associate: AssociateConfig = Field(default_factory=AssociateConfig, description="Event association.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    regions: list[RegionConfig] = Field(default_factory=list, description="Regions, each with its own model; none = one default region from [inference]/[picking].")
+
+    @model_validator(mode="after")
+    def _unique_region_names(self) -> "Config":
+        names = [region.name for region in self.regions]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"regions: duplicate name(s) {', '.join(duplicates)}")
+        if self.regions and any(region.polygon for region in self.regions) and not self.stream.inventory:
+            raise ValueError("regions: a polygon needs stream.inventory (station coordinates)")
+        return self
 
 
 class ConfigError(Exception):
@@ -170,8 +259,24 @@ class ConfigError(Exception):
 
 
 def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best-effort line number of a dotted key in TOML text (section header, then key)."""
+    """Best-effort line number of a dotted key in TOML text (section header, then key).
+
+    ``[[regions]]`` entries are located by their index (``regions.1.model`` is the
+    ``model`` key under the second ``[[regions]]`` header).
+    """
     lines = text.splitlines()
+    if len(loc) >= 2 and isinstance(loc[1], int):
+        headers = [n for n, line in enumerate(lines, start=1) if re.match(rf"^\[\[\s*{re.escape(str(loc[0]))}\s*\]\]$", line.strip())]
+        if loc[1] >= len(headers):
+            return None
+        start = headers[loc[1]]
+        for number in range(start + 1, len(lines) + 1):
+            stripped = lines[number - 1].strip()
+            if stripped.startswith("["):
+                break
+            if len(loc) > 2 and re.match(rf"^{re.escape(str(loc[2]))}\s*=", stripped):
+                return number
+        return start
     keys = [str(k) for k in loc]
     section = ".".join(keys[:-1])
     in_section = section == ""
@@ -212,7 +317,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "")
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(k) for k in err["loc"])
+            key = ".".join(str(k) for k in err["loc"]) or "(top level)"
             line = _find_line(text, err["loc"]) if text else None
             where = f"{source}:{line}" if line else source
             if err["type"] == "extra_forbidden":
@@ -221,8 +326,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "")
                 message = err["msg"]
                 if "input" in err and not isinstance(err["input"], dict):
                     message += f" (got {err['input']!r})"
-            problems.append(f"{where}: key '{key}': {message}")
+            problems.append(f"{where}: key '{key}'{_region_note(data, err['loc'])}: {message}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def _region_note(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """`` (region 'NAME')`` for errors inside a named ``[[regions]]`` entry."""
+    if len(loc) >= 2 and loc[0] == "regions" and isinstance(loc[1], int):
+        regions = data.get("regions")
+        if isinstance(regions, list) and loc[1] < len(regions) and isinstance(regions[loc[1]], dict) and "name" in regions[loc[1]]:
+            return f" (region {regions[loc[1]]['name']!r})"
+    return ""
 
 
 def _toml_value(value: Any) -> str:
@@ -245,19 +359,42 @@ def render_example() -> str:
         "",
     ]
     defaults = Config()
-    for name, field in Config.model_fields.items():
+    for name in Config.model_fields:
         section = getattr(defaults, name)
+        if isinstance(section, list):
+            out.extend(_render_regions())
+            continue
         out.append(f"# {type(section).__doc__.strip().splitlines()[0]}")
         out.append(f"[{name}]")
-        for key, sub in type(section).model_fields.items():
-            out.append(f"# {sub.description}")
-            value = getattr(section, key)
-            if value is None:
-                out.append(f"# {key} = (unset)")
-            else:
-                out.append(f"{key} = {_toml_value(value)}")
+        out.extend(_render_options(section))
         out.append("")
     return "\n".join(out)
+
+
+def _render_options(section: BaseModel) -> list[str]:
+    """One commented option per field; unset and model-derived options stay commented out."""
+    out = []
+    for key, field in type(section).model_fields.items():
+        out.append(f"# {field.description}")
+        value = getattr(section, key)
+        if value is None:
+            out.append(f"# {key} = (unset)")
+        elif field.json_schema_extra == FROM_MODEL:
+            out.append(f"# {key} = {_toml_value(value)}")
+        else:
+            out.append(f"{key} = {_toml_value(value)}")
+    return out
+
+
+def _render_regions() -> list[str]:
+    """The ``[[regions]]`` reference, commented out (no regions by default)."""
+    doc = " ".join(line.strip() for line in RegionConfig.__doc__.strip().splitlines() if line.strip())
+    out = [f"# {doc}", "# [[regions]]"]
+    for key, field in RegionConfig.model_fields.items():
+        out.append(f"#   {field.description}")
+        out.append(f"#   {key} = " + ('"NAME"' if key == "name" else "(unset)" if not field.is_required() and field.default is None else _toml_value(field.get_default(call_default_factory=True))))
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
