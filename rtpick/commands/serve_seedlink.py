@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--origin", type=float, metavar="UNIX_TIME",
                         help="wall time (s since 1970) at which the archive's first sample is released; give the same "
                         "value after a restart to get the same ring at the same moment (default: now)")
+    parser.add_argument("--max-clients", type=int, default=100,
+                        help="simultaneous clients; one more is answered ERROR and closed (default 100)")
+    parser.add_argument("--send-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="disconnect a client that leaves its 1 MiB send queue full this long (default 120)")
+    parser.add_argument("--handshake-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="disconnect a client that sends no complete command this long before streaming (default 60)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -27,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.seedlink_server.archive import Archive
     from rtpick.seedlink_server.server import ReplayServer
 
+    if min(args.max_clients, args.send_timeout, args.handshake_timeout) <= 0:
+        print("rtpick serve-seedlink: --max-clients and the timeouts must be positive", file=sys.stderr)
+        return 2
     if args.loop and args.speed <= 0:
         print("rtpick serve-seedlink: --loop needs a --speed above 0 (it would fill the ring as fast as the CPU allows)",
               file=sys.stderr)
@@ -40,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         server = ReplayServer(archive, host=args.host, port=args.port, speed=args.speed,
-                              shift_to_now=args.shift_to_now, loop=args.loop,
+                              shift_to_now=args.shift_to_now, loop=args.loop, max_clients=args.max_clients,
+                              send_timeout_s=args.send_timeout, handshake_timeout_s=args.handshake_timeout,
                               origin_ns=None if args.origin is None else int(args.origin * 1e9))
         await server.start()
         print(f"listening on {args.host}:{server.port}", flush=True)

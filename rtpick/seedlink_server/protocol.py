@@ -56,13 +56,25 @@ def selected(selectors: list[Selector], loc: str, cha: str) -> bool:
 
 
 def parse_time(text: str) -> int:
-    """SeedLink v3 time ``YYYY,MM,DD,hh,mm,ss[.ffff]`` (or ISO-8601) → ns."""
-    text = text.strip()
+    """SeedLink v3 time ``YYYY,MM,DD,hh,mm,ss[.ffff]`` (or ISO-8601) → ns; ValueError for anything else.
+
+    Overflowing or non-finite fields (``1e400``, ``nan``) are ValueErrors too, so the
+    session answers ``ERROR`` instead of failing.
+    """
+    try:
+        return _parse_time(text.strip())
+    except (OverflowError, TypeError) as exc:
+        raise ValueError(f"bad time {text!r}: {exc}") from None
+
+
+def _parse_time(text: str) -> int:
     if "," in text:
         parts = text.split(",")
-        if len(parts) < 3:
+        if not 3 <= len(parts) <= 6:
             raise ValueError(f"bad time {text!r}")
         sec = float(parts[5]) if len(parts) > 5 else 0.0
+        if not 0.0 <= sec < 61.0:
+            raise ValueError(f"bad seconds in {text!r}")
         ints = [int(p) for p in parts[:5]] + [0] * (5 - len(parts[:5]))
         base = datetime(ints[0], ints[1], ints[2], ints[3], ints[4], tzinfo=timezone.utc)
         return int(base.timestamp()) * NS + round(sec * NS)

@@ -1,8 +1,22 @@
 """A small SeedLink 3.1 server (asyncio) that replays a miniSEED archive from an in-memory ring.
 
 The ring fills as the replay clock releases packets (all at once when
-``speed == 0``); each client session keeps a cursor into it, so any number of
-clients stream concurrently and a slow one never holds up the others.
+``speed == 0``); each client session keeps a cursor into it, so many clients
+stream concurrently and a slow one never holds up the others.
+
+Every resource a client can make the server hold is bounded, so a broken or
+hostile client costs at most one session slot (see docs/seedlink.md):
+
+* at most ``max_clients`` sessions; one more gets ``ERROR`` and is closed;
+* a command line is at most :data:`MAX_LINE` bytes (SeedLink commands are short);
+  a longer one gets ``ERROR`` and the connection is closed;
+* every command that cannot be parsed gets ``ERROR`` (never an exception);
+* a client must complete a command within ``handshake_timeout_s`` while it has
+  not started streaming;
+* a client's send queue holds at most ``max_queue_bytes``; a client that does not
+  read it down within ``send_timeout_s`` is disconnected (it resumes by sequence
+  number when it reconnects, as after any disconnect);
+* closed sessions are dropped from :attr:`ReplayServer.sessions` at once.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import fnmatch
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from rtpick.seedlink_server.archive import NS, Archive, Packet
@@ -19,8 +34,14 @@ from rtpick.seedlink_server.protocol import HELLO_CAPS, SOFTWARE, Selector, info
 
 log = logging.getLogger("rtpick.seedlink_server")
 
-MAX_LINE = 256
-WRITE_HIGH_WATER = 1 << 20
+MAX_LINE = 255  # bytes of one command line without its terminator (SeedLink commands are short)
+MAX_REQUESTS = 1024  # STATION blocks per session, and selectors per block
+READ_CHUNK = 4096
+REJECT_LOG_INTERVAL_S = 10.0  # at most one "client limit reached" line per interval
+
+
+class ClientGone(Exception):
+    """The session must end now: protocol violation, timeout or a client that does not read."""
 
 
 class Ring:
@@ -100,6 +121,8 @@ class Session:
         self.cursor = 0
         self.caught_up = False
         self.closed = False
+        self._buf = bytearray()
+        writer.transport.set_write_buffer_limits(high=server.max_queue_bytes)
 
     # -- command phase ------------------------------------------------------
     def reply(self, ok: bool) -> None:
@@ -107,18 +130,50 @@ class Session:
             self.writer.write(b"OK\r\n" if ok else b"ERROR\r\n")
 
     async def read_command(self) -> str | None:
-        line = bytearray()
+        """The next non-empty command line (``\\r`` or ``\\n`` ends it), or None at end of input.
+
+        Raises :class:`ClientGone` on a line longer than :data:`MAX_LINE` (after
+        answering ``ERROR``) and when a client that is not streaming yet stays
+        silent for ``handshake_timeout_s``.
+        """
         while True:
-            ch = await self.reader.read(1)
-            if not ch:
-                return None
-            if ch in (b"\r", b"\n"):
-                if line:
-                    return line.decode("ascii", "replace").strip()
+            ends = [i for i in (self._buf.find(b"\r"), self._buf.find(b"\n")) if i >= 0]
+            if ends:
+                end = min(ends)
+                line = bytes(self._buf[:end])
+                del self._buf[:end + 1]
+                if len(line) > MAX_LINE:
+                    self._too_long()
+                text = line.decode("ascii", "replace").strip()
+                if text:
+                    return text
                 continue
-            line += ch
-            if len(line) > MAX_LINE:
-                return ""
+            if len(self._buf) > MAX_LINE:
+                self._too_long()
+            timeout = None if self.streaming.is_set() else self.server.handshake_timeout_s
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                raise ClientGone(f"no command within {timeout:g} s") from None
+            if not chunk:
+                return None
+            self._buf += chunk
+
+    def _too_long(self) -> None:
+        self.writer.write(b"ERROR\r\n")
+        self.server.errors["line_too_long"] += 1
+        raise ClientGone(f"command line longer than {MAX_LINE} bytes")
+
+    async def drain(self) -> None:
+        """Wait while the send queue is above ``max_queue_bytes``; a client that does not read it
+        down within ``send_timeout_s`` is disconnected (:class:`ClientGone`)."""
+        if self.writer.transport.get_write_buffer_size() <= self.server.max_queue_bytes:
+            return
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.server.send_timeout_s)
+        except TimeoutError:
+            self.server.errors["send_timeout"] += 1
+            raise ClientGone(f"send queue full for {self.server.send_timeout_s:g} s (client not reading)") from None
 
     async def run(self) -> None:
         sender = None
@@ -132,32 +187,18 @@ class Session:
                 args = words[1:]
                 if verb == "BYE":
                     break
-                if verb == "INFO":
-                    self.send_info(args[0].upper() if args else "ID")
-                elif self.streaming.is_set():
-                    continue  # only INFO and BYE mean something while streaming
-                elif verb == "HELLO":
-                    self.writer.write(f"{SOFTWARE} :: {HELLO_CAPS}\r\nrtpick replay of {len(self.server.archive.files)} files\r\n".encode())
-                elif verb in ("CAPABILITIES", "USERAGENT"):
-                    self.reply(True)
-                elif verb == "BATCH":
-                    self.reply(True)
-                    self.batch = True
-                elif verb == "STATION":
-                    self.cmd_station(args)
-                elif verb == "SELECT":
-                    self.cmd_select(args)
-                elif verb in ("DATA", "FETCH", "TIME"):
-                    self.cmd_action(verb, args)
-                    if not self.multi and self.current is not None:
-                        self.start_streaming()
-                elif verb == "END":
-                    self.start_streaming()
-                else:
+                try:
+                    self.command(verb, args)
+                except (ValueError, IndexError, OverflowError, TypeError) as exc:
+                    # a handler bug or an input no parser anticipated: answer, never crash the session
+                    log.warning("client %s: %r failed: %s", self.peer, cmd[:MAX_LINE], exc)
+                    self.server.errors["bad_command"] += 1
                     self.writer.write(b"ERROR\r\n")
                 if self.streaming.is_set() and sender is None:
                     sender = asyncio.create_task(self.send_loop())
-                await self.writer.drain()
+                await self.drain()
+        except ClientGone as exc:
+            log.info("client %s disconnected: %s", self.peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -167,8 +208,34 @@ class Session:
                 await asyncio.gather(sender, return_exceptions=True)
             self.writer.close()
 
+    def command(self, verb: str, args: list[str]) -> None:
+        """Act on one command line; replies go to the send queue."""
+        if verb == "INFO":
+            self.send_info(args[0].upper() if args else "ID")
+        elif self.streaming.is_set():
+            return  # only INFO and BYE mean something while streaming
+        elif verb == "HELLO":
+            self.writer.write(f"{SOFTWARE} :: {HELLO_CAPS}\r\nrtpick replay of {len(self.server.archive.files)} files\r\n".encode())
+        elif verb in ("CAPABILITIES", "USERAGENT"):
+            self.reply(True)
+        elif verb == "BATCH":
+            self.reply(True)
+            self.batch = True
+        elif verb == "STATION":
+            self.cmd_station(args)
+        elif verb == "SELECT":
+            self.cmd_select(args)
+        elif verb in ("DATA", "FETCH", "TIME"):
+            if self.cmd_action(verb, args) and not self.multi:
+                self.start_streaming()
+        elif verb == "END":
+            self.start_streaming()
+        else:
+            self.server.errors["bad_command"] += 1
+            self.writer.write(b"ERROR\r\n")
+
     def cmd_station(self, args: list[str]) -> None:
-        if not args:
+        if not args or len(self.requests) >= MAX_REQUESTS:
             self.reply(False)
             return
         sta, net = args[0], (args[1] if len(args) > 1 else "*")
@@ -198,18 +265,22 @@ class Session:
             self.reply(True)
             return
         try:
-            req.selectors.extend(Selector.parse(a) for a in args)
+            selectors = [Selector.parse(a) for a in args]
+            if len(req.selectors) + len(selectors) > MAX_REQUESTS:
+                raise ValueError("too many selectors")
+            req.selectors.extend(selectors)
         except ValueError:
             self.reply(False)
             return
         self.reply(True)
 
-    def cmd_action(self, verb: str, args: list[str]) -> None:
+    def cmd_action(self, verb: str, args: list[str]) -> bool:
+        """DATA/FETCH/TIME; True when accepted. A malformed one gets ``ERROR`` in both modes:
+        in uni-station mode (no OK on success) it then does not start streaming."""
         req = self._current()
         if req is None:
-            if self.multi:
-                self.reply(False)
-            return
+            self.reply(False)
+            return False
         try:
             if verb == "TIME":
                 req.begin_ns = parse_time(args[0])
@@ -217,15 +288,17 @@ class Session:
                 req.realtime = False
             elif args:
                 req.seq = int(args[0], 16)
+                if not 0 <= req.seq <= 0xFFFFFF:
+                    raise ValueError("sequence number outside 24 bits")
                 req.begin_ns = parse_time(args[1]) if len(args) > 1 else None
                 req.realtime = False
-        except (ValueError, IndexError):
-            if self.multi:
-                self.reply(False)
-            return
+        except (ValueError, IndexError, OverflowError):
+            self.reply(False)
+            return False
         self.dialup = self.dialup or verb == "FETCH"
         if self.multi:
             self.reply(True)
+        return True
 
     def start_streaming(self) -> None:
         self.streaming.set()
@@ -270,6 +343,13 @@ class Session:
         return by_key, next_seq
 
     async def send_loop(self) -> None:
+        try:
+            await self._send_loop()
+        except ClientGone as exc:
+            log.info("client %s disconnected: %s", self.peer, exc)
+            self.writer.transport.abort()  # ends run(), which is waiting for the next command
+
+    async def _send_loop(self) -> None:
         ring = self.server.ring
         by_key, next_seq = self._plan()
         wanted: dict[tuple[str, str, str], bool] = {}
@@ -296,28 +376,39 @@ class Session:
                 write(b"SL%06X" % pkt.seq + pkt.data)
                 self.sent += 1
                 self.server.packets_sent += 1
-                if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    await self.writer.drain()
-            await self.writer.drain()
+                await self.drain()
             if self.cursor < ring.end:
                 continue
+            await self.drain()
             self.caught_up = True
             if self.dialup:
                 write(b"END")
-                await self.writer.drain()
+                await self.drain()
                 self.writer.close()
                 return
             await ring.wait(0.5)
 
 
 class ReplayServer:
-    """Serve ``archive`` on ``host:port``; ``speed`` 0 = everything at once, 1 = real time."""
+    """Serve ``archive`` on ``host:port``; ``speed`` 0 = everything at once, 1 = real time.
+
+    ``max_clients``, ``max_queue_bytes``, ``send_timeout_s`` and ``handshake_timeout_s``
+    bound what clients can make the server hold (module docstring). Defaults suit a test
+    or demo network of a few rtpick instances and SeisComP/ObsPy clients: 100 clients of
+    at most 1 MiB queued each is at most ~100 MiB; 120 s without reading is SeisComP's
+    ``netto`` default, longer than any healthy client stalls.
+    """
 
     def __init__(self, archive: Archive, host: str = "127.0.0.1", port: int = 18000, speed: float = 0.0,
                  shift_to_now: bool = False, loop: bool = False, max_packets: int = 1_000_000,
-                 origin_ns: int | None = None):
+                 origin_ns: int | None = None, max_clients: int = 100, max_queue_bytes: int = 1 << 20,
+                 send_timeout_s: float = 120.0, handshake_timeout_s: float = 60.0):
         if loop and speed <= 0:
             raise ValueError("loop needs speed > 0")
+        if max_clients < 1 or max_queue_bytes < 1 or send_timeout_s <= 0 or handshake_timeout_s <= 0:
+            raise ValueError("max_clients, max_queue_bytes and the timeouts must be positive")
+        self.max_clients, self.max_queue_bytes = max_clients, max_queue_bytes
+        self.send_timeout_s, self.handshake_timeout_s = send_timeout_s, handshake_timeout_s
         self.archive = archive
         self.host, self.port = host, port
         self.speed, self.shift_to_now, self.loop_archive = speed, shift_to_now, loop
@@ -327,8 +418,12 @@ class ReplayServer:
         # wall time at which the archive's first sample is "recorded"; servers restarted with the
         # same origin release the same packets at the same moments (as a persistent ring would)
         self.origin_ns = origin_ns if origin_ns is not None else self.started_ns
-        self.sessions: list[Session] = []
+        self.sessions: list[Session] = []  # open sessions only: a closed one is removed at once
         self.packets_sent = 0
+        self.clients_rejected = 0  # connections refused at the client limit
+        # sessions ended or commands refused, by cause (line_too_long, send_timeout, bad_command)
+        self.errors: Counter[str] = Counter()
+        self._reject_logged = -REJECT_LOG_INTERVAL_S
         self.ring: Ring
         self._server: asyncio.AbstractServer | None = None
         self._release: asyncio.Task | None = None
@@ -378,6 +473,9 @@ class ReplayServer:
         self.ring.notify()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.sessions) >= self.max_clients:
+            self._reject(writer)
+            return
         session = Session(self, reader, writer)
         self.sessions.append(session)
         self._tasks.add(asyncio.current_task())
@@ -386,13 +484,26 @@ class ReplayServer:
             await session.run()
         finally:
             log.info("client %s gone after %d packets", session.peer, session.sent)
+            self.sessions.remove(session)
             self._tasks.discard(asyncio.current_task())
+
+    def _reject(self, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection beyond ``max_clients`` with ``ERROR`` and close it (counted; logged
+        at most once per :data:`REJECT_LOG_INTERVAL_S`)."""
+        self.clients_rejected += 1
+        now = time.monotonic()
+        if now - self._reject_logged >= REJECT_LOG_INTERVAL_S:
+            self._reject_logged = now
+            log.warning("client limit (%d) reached: refused %s (%d refused so far)",
+                        self.max_clients, writer.get_extra_info("peername"), self.clients_rejected)
+        writer.write(b"ERROR\r\n")
+        writer.close()
 
     async def close(self) -> None:
         """Stop listening and drop every client at once (as a killed server would)."""
         if self._server is not None:
             self._server.close()
-        for session in self.sessions:
+        for session in list(self.sessions):
             session.closed = True
             session.writer.transport.abort()
         if self._tasks:
