@@ -399,6 +399,8 @@ class ReplayServer:
     ``netto`` default, longer than any healthy client stalls.
     """
 
+    session_class = Session  # subclass hook (rtpick.seedlink_server.faults: slow sending)
+
     def __init__(self, archive: Archive, host: str = "127.0.0.1", port: int = 18000, speed: float = 0.0,
                  shift_to_now: bool = False, loop: bool = False, max_packets: int = 1_000_000,
                  origin_ns: int | None = None, max_clients: int = 100, max_queue_bytes: int = 1 << 20,
@@ -476,7 +478,7 @@ class ReplayServer:
         if len(self.sessions) >= self.max_clients:
             self._reject(writer)
             return
-        session = Session(self, reader, writer)
+        session = self.session_class(self, reader, writer)
         self.sessions.append(session)
         self._tasks.add(asyncio.current_task())
         log.info("client %s connected", session.peer)
@@ -523,8 +525,10 @@ class ReplayServer:
 class ServerThread:
     """Run a :class:`ReplayServer` on its own event loop in a background thread (tests, demo, bench)."""
 
+    server_class = ReplayServer  # subclass hook (rtpick.seedlink_server.faults)
+
     def __init__(self, archive: Archive, **kwargs):
-        self.server = ReplayServer(archive, **kwargs)
+        self.server = self.server_class(archive, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="seedlink-server", daemon=True)
 
