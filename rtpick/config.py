@@ -99,7 +99,7 @@ class SeedLinkConfig(Section):
         default_factory=lambda: ["OK_*:HH? BH? EH?"],
         description="Selectors 'NET_STA[:CHANNELS]' (SeisComP style, '*' and '?' allowed; channel patterns like 'HH?' or '00HHZ' separated by spaces).",
     )
-    state_file: str = Field("rtpick-seedlink.state", description="Where the last sequence number per station is persisted (atomic writes) for resume.")
+    state_file: str = Field("rtpick-seedlink.state", description="Resume state (last sequence number per station, pipeline resume points, recently published picks; atomic writes). A relative path lies under $STATE_DIRECTORY (systemd StateDirectory=, e.g. /var/lib/rtpick) when set, else next to the config file, else in the working directory.")
     begin_time: str | None = Field(None, description="Optional ISO-8601 begin time for backfill after an outage; unset = resume from state or real time.")
     netto_s: float = Field(30.0, gt=0, description="Network timeout: reconnect if nothing arrives for this long.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles on each failure (with jitter).")
