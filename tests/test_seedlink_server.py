@@ -294,7 +294,7 @@ def test_serve_seedlink_command(oklahoma_dir):
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "rtpick", "serve-seedlink", str(oklahoma_dir), "--port", "0",
-                             "--speed", "100", "--shift-to-now", "--log-level", "WARNING"],
+                             "--speed", "100", "--shift-to-now", "--max-clients", "1", "--log-level", "WARNING"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -303,6 +303,8 @@ def test_serve_seedlink_command(oklahoma_dir):
         sl.connect()
         assert sl.server_id.startswith("SeedLink v3.1")
         assert len(sl.info_dict("STATIONS")["seedlink"]["station"]) == 7
+        with socket.create_connection(("127.0.0.1", int(line.rsplit(":", 1)[1])), timeout=10) as extra:
+            assert _closed(extra) == b"ERROR\r\n"  # --max-clients 1
         sl.close()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -311,3 +313,123 @@ def test_serve_seedlink_command(oklahoma_dir):
     bad = subprocess.run([sys.executable, "-m", "rtpick", "serve-seedlink", str(oklahoma_dir), "--loop"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--loop needs" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "rtpick", "serve-seedlink", str(oklahoma_dir), "--max-clients", "0"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--max-clients" in bad.stderr
+
+
+# -- bounded resources: what a broken or hostile client can make the server hold --------------
+
+def _until(server: ServerThread, fn, tries: int = 200) -> bool:
+    """Poll ``fn(replay_server)`` on the server's loop until true (bounded)."""
+    for _ in range(tries):
+        if server.call(lambda: fn(server.server)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _closed(sock: socket.socket) -> bytes:
+    """Everything the server still sends before it closes the connection."""
+    out = b""
+    for _ in range(1000):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_client_limit_refuses_with_error_and_frees_slots(archive):
+    with ServerThread(archive, port=0, max_clients=2) as server:
+        first, second = Raw(server.port), Raw(server.port)
+        for raw in (first, second):
+            assert raw.cmd("HELLO").startswith("SeedLink v3.1")
+            raw.line()
+        extra = Raw(server.port)
+        assert _closed(extra.sock) == b"ERROR\r\n"
+        extra.close()
+        assert server.call(lambda: server.server.clients_rejected) == 1
+        first.sock.sendall(b"BYE\r")
+        first.close()
+        assert _until(server, lambda s: len(s.sessions) == 1)
+        third = Raw(server.port)
+        assert third.cmd("STATION X34A OK") == "OK"
+        for raw in (second, third):
+            raw.close()
+
+
+def test_closed_sessions_are_pruned(archive):
+    with ServerThread(archive, port=0) as server:
+        for i in range(60):
+            raw = Raw(server.port)
+            assert raw.cmd("STATION X34A OK") == "OK"
+            if i % 2:
+                raw.sock.sendall(b"BYE\r")
+            raw.close()
+        assert _until(server, lambda s: not s.sessions and not s._tasks)
+
+
+def test_overlong_line_gets_error_and_close(archive):
+    with ServerThread(archive, port=0) as server:
+        raw = Raw(server.port)
+        assert raw.cmd("S" * 255) == "ERROR"  # the longest allowed line: an unknown command, session lives
+        try:
+            raw.sock.sendall(b"X" * (20 << 20))  # 20 MB without a newline
+        except OSError:
+            pass  # the server closed while we were still sending
+        assert _closed(raw.sock).endswith(b"ERROR\r\n")
+        raw.close()
+        assert server.call(lambda: server.server.errors["line_too_long"]) == 1
+        assert _until(server, lambda s: not s.sessions)
+
+
+@pytest.mark.parametrize("command", [
+    "TIME 2013,1e400,16,00,00,00", "TIME 2013,06,16,15,40,1e400", "TIME 2013,06,16,15,40,nan", "TIME",
+    "TIME 99999999999,1,1", "TIME 2013-99-99T00:00:00", "DATA zz", "DATA -1", "DATA 1000000", "FETCH 5 garbage",
+])
+def test_every_parse_error_is_answered_error(archive, command):
+    with ServerThread(archive, port=0) as server:
+        multi = Raw(server.port)
+        assert multi.cmd("STATION X34A OK") == "OK"
+        assert multi.cmd(command) == "ERROR"
+        assert multi.cmd(command.lower()) == "ERROR"
+        assert multi.cmd("DATA") == "OK"  # the session goes on
+        multi.close()
+        uni = Raw(server.port)  # uni-station: a good DATA is not answered, a bad one is
+        assert uni.cmd(command) == "ERROR"
+        assert uni.cmd("HELLO").startswith("SeedLink")  # not streaming: commands still answered
+        uni.close()
+
+
+def test_silent_client_times_out_before_streaming(archive):
+    with ServerThread(archive, port=0, handshake_timeout_s=0.2) as server:
+        raw = Raw(server.port)
+        raw.sock.sendall(b"STATION X34A OK\r")
+        assert raw.line() == "OK"
+        assert _closed(raw.sock) == b""  # then silent: closed
+        raw.close()
+        assert _until(server, lambda s: not s.sessions)
+        # streaming outlives the handshake timeout: a client that reads is never cut off
+        reader = Raw(server.port)
+        reader.sock.sendall(b"STATION X34A OK\rSELECT HHZ\rTIME 2013,06,16,00,00,00\rEND\r")
+        assert reader.line() == "OK" and reader.line() == "OK" and reader.line() == "OK"
+        time.sleep(0.5)  # longer than the handshake timeout
+        assert len(reader.packets(20)) == 20
+        reader.close()
+
+
+def test_client_that_does_not_read_is_disconnected(archive):
+    # looping at 10,000x: more data than any kernel socket buffer holds
+    with ServerThread(archive, port=0, loop=True, speed=1e4, max_packets=20_000, max_queue_bytes=4096,
+                      send_timeout_s=0.2) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"TIME 2013,06,16,00,00,00\r")  # uni-station: the whole archive, never read
+        assert _until(server, lambda s: s.errors["send_timeout"] == 1 and not s.sessions)
+        sock.close()
