@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,13 +51,14 @@ class FakeIngest:
 
 
 class FakePipeline:
-    """Emits a pick on every 10th record, one on poll when asked, one on flush."""
+    """Emits a pick on every 10th record, one on flush (closed at the data edge), none on drain."""
 
     def __init__(self, fail_at: int | None = None):
         self.fed: list[Record] = []
-        self.flushed = False
+        self.flushed = self.drained = False
         self.fail_at = fail_at
         self.threads: set[str] = set()
+        self.restored: dict | None = None
 
     def feed(self, record):
         self.threads.add(threading.current_thread().name)
@@ -68,6 +74,16 @@ class FakePipeline:
     def flush(self):
         self.flushed = True
         return [_pick(10_000, "S")]
+
+    def drain(self):
+        self.drained = True
+        return []
+
+    def resume_points(self):
+        return {"OK.FNO.01.HH?": {"anchor": 0, "picked_to": len(self.fed) * 10**9, "fs": 100.0}}
+
+    def restore(self, points):
+        self.restored = points
 
 
 class RecordingHook(DaemonHook):
@@ -102,28 +118,148 @@ def test_feeds_everything_publishes_picks_and_saves_state(tmp_path):
     assert hook.calls[0] == "ready" and hook.calls[-1] == "stopping"
 
 
-def test_graceful_stop_drains_flushes_and_says_so(tmp_path):
+def test_graceful_stop_drains_not_flushes(tmp_path):
+    """A stop of a live stream publishes final picks only: nothing closed at the data edge."""
     pipeline, sink = FakePipeline(), ListSink()
     ingest = FakeIngest(0, endless=True, delay=0.001)
     daemon = Daemon(Config(), ingest, [sink], pipeline=pipeline, state_path=str(tmp_path / "s"), tick_s=0.05)
     threading.Timer(0.5, daemon.stop).start()
-    t0 = time.monotonic()
     assert daemon.run(install_signals=False) == 0
-    assert time.monotonic() - t0 < 10
-    assert pipeline.flushed and sink.picks[-1].phase == "S"
-    assert load_state(tmp_path / "s").stations["OK_FNO"] == len(pipeline.fed)  # state = exactly what was fed
+    assert pipeline.drained and not pipeline.flushed and all(p.phase == "P" for p in sink.picks)
+    state = load_state(tmp_path / "s")
+    assert state.stations["OK_FNO"] == len(pipeline.fed)  # state = exactly what was fed
+    assert state.resume == pipeline.resume_points()
+
+
+def test_stop_at_end_of_data_flushes(tmp_path):
+    pipeline, sink = FakePipeline(), ListSink()
+    daemon = Daemon(Config(), FakeIngest(0, endless=True, delay=0.001), [sink], pipeline=pipeline, tick_s=0.05)
+    threading.Timer(0.3, lambda: daemon.stop(end_of_data=True)).start()
+    assert daemon.run(install_signals=False) == 0
+    assert pipeline.flushed and not pipeline.drained and sink.picks[-1].phase == "S"
 
 
 def test_published_picks_are_never_published_again(tmp_path):
-    """After a restart the state remembers published picks; the same pick (±0.5 s) is suppressed."""
-    state = IngestState(picks={"OK.FNO.01.HHZ|P": [int(20.3e9)]})
+    """After a restart the state remembers published picks by identity: the same pick is suppressed."""
+    state = IngestState(picks={"OK.FNO.01.HHZ|P": [20 * 10**9]})
     sink = ListSink()
     daemon = Daemon(Config(), FakeIngest(25), [sink], pipeline=FakePipeline(), state=state,
                     state_path=str(tmp_path / "s"), tick_s=0.05)
     daemon.run(install_signals=False)
     assert [p.time_ns // 10**9 for p in sink.picks] == [10, 10_000]
     assert daemon.stats.picks_suppressed == 1
-    assert int(10e9) in load_state(tmp_path / "s").picks["OK.FNO.01.HHZ|P"]
+    assert 10 * 10**9 in load_state(tmp_path / "s").picks["OK.FNO.01.HHZ|P"]
+
+
+class ClosePicksPipeline(FakePipeline):
+    """A genuine second P 0.13 s after the first on the same stream (seen on a real network)."""
+
+    def feed(self, record):
+        picks = super().feed(record)
+        return [*picks, _pick(len(self.fed) + 0.13)] if picks else []
+
+
+def test_two_picks_close_in_time_are_both_published(tmp_path):
+    """Not a time tolerance: a pick 0.13 s after a published one (also after a restart) is a different pick."""
+    sink = ListSink()
+    state = IngestState(picks={"OK.FNO.01.HHZ|P": [10 * 10**9]})  # the first of the pair came before a restart
+    daemon = Daemon(Config(), FakeIngest(20), [sink], pipeline=ClosePicksPipeline(), state=state,
+                    state_path=str(tmp_path / "s"), tick_s=0.05)
+    assert daemon.run(install_signals=False) == 0
+    assert [p.time_ns for p in sink.picks if p.phase == "P"] == [10_130_000_000, 20 * 10**9, 20_130_000_000]
+    assert daemon.stats.picks_suppressed == 1
+
+
+class StateCheckingSink(ListSink):
+    """Asserts at-most-once: every pick is in the state file on disk before it reaches a sink."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def publish_picks(self, picks):
+        saved = load_state(self.path).picks
+        assert all(p.time_ns in saved.get(f"{p.stream_id}|{p.phase}", ()) for p in picks)
+        super().publish_picks(picks)
+
+
+def test_picks_leave_after_the_save_that_remembers_them_and_saves_are_rate_limited(tmp_path):
+    path = tmp_path / "s"
+    sink = StateCheckingSink(path)
+    daemon = Daemon(Config(), FakeIngest(300), [sink], pipeline=FakePipeline(), state_path=str(path),
+                    tick_s=0.05, state_flush_s=3600)
+    assert daemon.run(install_signals=False) == 0
+    assert len(sink.picks) == 31  # 30 from feed, 1 from flush
+    assert daemon.stats.state_saves == 2  # the first (due at once) and the last: not one per pick batch
+
+
+def test_state_write_failures_are_counted_logged_once_and_picks_still_flow(tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sink = ListSink()
+    daemon = Daemon(Config(), FakeIngest(0, endless=True, delay=0.001), [sink], pipeline=FakePipeline(),
+                    state_path=str(blocker / "s"), tick_s=0.05, state_flush_s=0.01)
+    threading.Timer(0.5, daemon.stop).start()
+    with caplog.at_level(logging.ERROR, logger="rtpick.service.daemon"):
+        assert daemon.run(install_signals=False) == 0
+    assert daemon.stats.state_write_errors >= 3 and daemon.stats.state_saves == 0
+    assert len([r for r in caplog.records if "cannot save state file" in r.getMessage()]) == 1
+    assert sink.picks  # picks are the product: published even while the state cannot be saved
+
+
+def test_restore_is_called_and_picks_before_picked_to_are_suppressed(tmp_path):
+    point = {"anchor": 0, "picked_to": 15 * 10**9, "fs": 100.0}
+    state = IngestState(stations={"OK_FNO": 5}, channels={"OK.FNO.01.HHZ": 6 * 10**9}, resume={"OK.FNO.01.HH?": point})
+    sink, pipeline = ListSink(), FakePipeline()
+    daemon = Daemon(Config(), FakeIngest(25), [sink], pipeline=pipeline, state=state, state_path=str(tmp_path / "s"),
+                    resume_guard_s=100.0, tick_s=0.05)
+    assert pipeline.restored == {"OK.FNO.01.HH?": point}
+    assert daemon.run(install_signals=False) == 0
+    # the resume point wins over the guard (which would suppress everything before 6 s - 100 s)
+    assert [p.time_ns // 10**9 for p in sink.picks] == [20, 10_000]
+    assert daemon.stats.picks_suppressed == 1
+
+
+SECOND_SIGNAL_SCRIPT = """
+import sys, time
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_daemon import FakeIngest, FakePipeline
+from rtpick.config import Config
+from rtpick.service.daemon import Daemon, DaemonHook, ListSink
+
+class SlowDrain(FakePipeline):
+    def drain(self):
+        time.sleep(60)
+        return []
+
+class Ready(DaemonHook):
+    def on_ready(self, daemon):
+        print("ready", flush=True)
+
+sys.exit(Daemon(Config(), FakeIngest(0, endless=True, delay=0.001), [ListSink()], pipeline=SlowDrain(),
+                hooks=[Ready()], tick_s=0.05).run())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_forces_exit(sig):
+    """The first signal drains (here: forever); the second exits at once with 128 + signal number."""
+    tests = Path(__file__).resolve().parent
+    script = SECOND_SIGNAL_SCRIPT.format(repo=str(tests.parent), tests=str(tests))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(sig)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still draining
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + sig
+    assert f"second {signal.Signals(sig).name}: exiting without draining" in err
 
 
 def test_reload_hook_and_calls_in_pipeline_thread():

@@ -5,7 +5,8 @@ One process, three parts that normally run apart: the replay SeedLink server
 and the daemon with a stdout sink. Picks are printed as ``rtpick.pick/1`` JSON
 lines, a summary goes to stderr.
 
-End of data: the demo stops the daemon (gracefully: drain, flush, save state)
+End of data: the demo stops the daemon as at the end of data (feed what is
+queued, flush the pipeline so picks at the data edge are closed, save state)
 once the server has released the whole archive, has sent every packet to the
 daemon's connection, and the daemon's ingest has received that many packets.
 A live daemon never ends by itself; this condition only exists here.
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 if done or time.monotonic() > deadline:
                     if not done:
                         log.error("demo: timed out after %.0f s", args.timeout)
-                    daemon.stop()
+                    daemon.stop(end_of_data=done)
                     return
                 time.sleep(0.2)
 

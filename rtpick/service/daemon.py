@@ -11,8 +11,8 @@ Threads and what they own
   reaches the SeedLink server through TCP, nothing is dropped).
 - **pipeline** is the only thread that touches the pipeline, the sinks and the
   resume state: it feeds records, polls partial batches, publishes picks, commits
-  the position of what it has fed and saves the state file (after every published
-  pick, and at least every ``state_flush_s``).
+  the position of what it has fed and saves the state file (at most once per
+  ``state_flush_s``, see below).
 - **main** (the caller of :meth:`run`) owns signals and runs the tick loop that
   calls each hook's ``on_tick`` (the systemd watchdog belongs there).
 
@@ -27,13 +27,38 @@ Extension points
 - ``pick_filters``: callables ``list[Pick] -> list[Pick]`` run before the sinks
   (e.g. the associator taps picks here).
 
+Shutdown: the first SIGTERM/SIGINT (or :meth:`Daemon.stop`) stops the ingest,
+feeds what is queued (at most ``drain_timeout_s``) and calls ``pipeline.drain()``,
+which publishes only picks that are final: a block or trigger still open at the
+data edge is left to the next process, which rebuilds it from re-fed context.
+``pipeline.flush()`` (close everything at the edge, as SeisBench does) is only
+for the end of the data: an ingest that ended by itself (replay, dial-up END) or
+``stop(end_of_data=True)``. A second SIGTERM/SIGINT exits at once with code
+128 + signal number (143, 130), logging what was not drained; the state file
+then holds the last save, so the restart re-requests and re-picks the rest.
+
 Resume and duplicates: the state file holds, per station, the sequence number of
-the last record *handed to the pipeline* and, per (stream, phase), the times of
-the picks published in the last ``pick_memory_s`` of data; a pick within
-``DUP_TOLERANCE_NS`` of one already published is suppressed, so a restart never
-publishes a pick twice. After a restart the ingest re-feeds context from before
-the saved position; picks older than ``resume_guard_s`` before it (the first
-window of that context, where the pipeline lacks data before) are suppressed.
+the last record *handed to the pipeline*, ``pipeline.resume_points()`` (window
+anchor and picked-to position per station, restored with ``pipeline.restore``
+before the first record) and the identities (stream, phase, time in ns) of the
+picks published in the last ``pick_memory_s`` of data. After a restart the
+ingest re-feeds context from before the saved position; the restored pipeline
+reproduces bit-identical picks there, and a pick is suppressed only if its
+identity was published or it lies before its station's restored ``picked_to``.
+Stations without a resume point (a state file from before resume points) keep
+the old guard: picks older than ``resume_guard_s`` before the saved channel end.
+Two genuine picks close in time are both published.
+
+State writes are off the hot path: at most one save per ``state_flush_s``
+(and one at shutdown). Picks are held until the next save, which remembers
+them as published, and leave right after it: a kill -9 at any moment can
+lose the picks of one save (those between its rename and the sinks), never
+publish one twice. A pick that arrives after a quiet second is saved and
+published at once; in a burst, picks wait at most ``state_flush_s``. A failed
+write (full or read-only disk) is counted (``stats.state_write_errors``),
+logged at most once a minute, and retried at the next save; the held picks are
+published anyway, since picks matter more than the duplicate a crash during
+the outage could cause.
 """
 
 from __future__ import annotations
@@ -59,8 +84,8 @@ from rtpick.types import NS_PER_S, Pick, Record
 
 log = logging.getLogger(__name__)
 
-DUP_TOLERANCE_NS = NS_PER_S // 2  # same stream and phase within 0.5 s = the same pick
 _END = object()
+WRITE_ERROR_LOG_S = 60.0  # at most one log line per this many seconds while state writes keep failing
 
 
 class Sink(Protocol):
@@ -117,6 +142,7 @@ class DaemonStats:
     picks_published: int = 0
     picks_suppressed: int = 0  # duplicates of already published picks (after a restart)
     state_saves: int = 0
+    state_write_errors: int = 0  # failed state (or audit log) writes: full or read-only disk
     dropped_at_shutdown: int = 0  # records received but not fed when the drain timed out
     warmup_fed: int = 0  # records re-fed for context after a restart (not committed again)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -149,11 +175,10 @@ class Daemon:
         self._audit: list[str] = []
         if audit_path:
             self._trim_audit()
-        # after a restart, picks older than (saved end of their channel - resume_guard_s) were final
-        # before it: published then (suppressed by the pick memory) or never picks at all
-        guard = int(resume_guard_s * NS_PER_S)
-        self._pick_floor = {sid: end - guard for sid, end in self.state.channels.items()} if guard else {}
+        self._pick_floor = self._pick_floors(int(resume_guard_s * NS_PER_S))
         self._pick_memory_ns = int(pick_memory_s * NS_PER_S)
+        if self.state.resume:
+            self.pipeline.restore(self.state.resume)
         self.stats = DaemonStats()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_records)
         self._stop = threading.Event()
@@ -161,13 +186,23 @@ class Daemon:
         self._pipeline_done = threading.Event()
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._dirty = False
-        self._last_save = 0.0
+        self._last_save = -float("inf")
+        self._held: list[Pick] = []  # final picks waiting for the state save that remembers them
+        self._end_of_data = False
+        self._signals = 0
+        self._write_errors_logged = (0, -float("inf"))  # (error count, monotonic time) of the last log line
         self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
 
     # -- control ----------------------------------------------------------------
-    def stop(self) -> None:
-        """Request a graceful stop (thread- and signal-safe)."""
+    def stop(self, end_of_data: bool = False) -> None:
+        """Request a graceful stop (thread- and signal-safe).
+
+        ``end_of_data``: no more data will ever come (the demo once the server has sent
+        everything): flush the pipeline like an ingest that ended by itself, rather than
+        drain it (final picks only) as for a shutdown of a live stream.
+        """
+        self._end_of_data = self._end_of_data or end_of_data
         self._stop.set()
         self.ingest.stop()
 
@@ -198,7 +233,7 @@ class Daemon:
         previous = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda *_: self.stop())
+                previous[sig] = signal.signal(sig, lambda signum, _: self._on_signal(signum))
             if hasattr(signal, "SIGHUP"):
                 previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         try:
@@ -207,6 +242,18 @@ class Daemon:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int) -> None:
+        """First SIGTERM/SIGINT: graceful stop; the second: exit now (128 + signal number)."""
+        self._signals += 1
+        if self._signals == 1:
+            self.stop()
+            return
+        log.error("second %s: exiting without draining: %d queued records not fed, %d final picks not published "
+                  "(state file as last saved: the restart re-requests and re-picks them)",
+                  signal.Signals(signum).name, self.queue.qsize(), len(self._held))
+        logging.shutdown()
+        os._exit(128 + signum)
 
     def wait(self) -> int:
         """The tick loop (main thread) until the pipeline thread has finished."""
@@ -254,6 +301,9 @@ class Daemon:
                             return
                 if self._stop.is_set():
                     return
+            else:
+                if not self._stop.is_set():  # ended by itself: replay end, dial-up END
+                    self._end_of_data = True
         except Exception as exc:  # noqa: BLE001 - the daemon must stop cleanly whatever the ingest raises
             log.exception("ingest failed: %s", exc)
             self._error = exc
@@ -276,13 +326,17 @@ class Daemon:
     def _pipeline_loop(self) -> None:
         try:
             self._consume()
-            self._publish(self.pipeline.flush())
+            self._publish(self.pipeline.flush() if self._end_of_data else self.pipeline.drain())
         except Exception as exc:  # noqa: BLE001
             log.exception("pipeline failed: %s", exc)
             self._error = exc
         finally:
             self._stop.set()
-            self._save(force=True)
+            try:
+                self._save(force=True)
+            except Exception as exc:  # noqa: BLE001 - a failing sink: still close the others
+                log.error("publishing the last picks failed: %s", exc)
+                self._error = self._error or exc
             for sink in self.sinks:
                 try:
                     sink.close()
@@ -319,8 +373,7 @@ class Daemon:
                 picks.extend(self.pipeline.feed(record))
                 self._commit(record, position)
             picks.extend(self.pipeline.poll())
-            if picks:
-                self._publish(picks)
+            self._publish(picks)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick_s
@@ -345,26 +398,40 @@ class Daemon:
             self.state.channels[record.stream_id] = record.end_ns
             self._dirty = True
 
+    def _pick_floors(self, guard_ns: int) -> dict[str, int]:
+        """Per stream: picks before this time were dealt with by the previous process.
+
+        A station with a resume point: its restored ``picked_to``. Without one (state from
+        an older version): the saved channel end minus ``guard_ns`` (the first window of
+        re-fed context has no data before it, so its picks would differ).
+        """
+        floors = {}
+        for sid, end in self.state.channels.items():
+            point = self.state.resume.get(_station_key(sid))
+            if point is not None:
+                floors[sid] = int(point["picked_to"])
+            elif guard_ns:
+                floors[sid] = end - guard_ns
+        return floors
+
     def _publish(self, picks: list[Pick]) -> None:
-        fresh = []
+        """Hold new final picks for the next state save; drop those the previous process dealt with."""
         for pick in picks:
             key = f"{pick.stream_id}|{pick.phase}"
-            if pick.time_ns < self._pick_floor.get(pick.stream_id, -1):
-                self.stats.picks_suppressed += 1
-                continue
-            if any(abs(pick.time_ns - t) <= DUP_TOLERANCE_NS for t in self.state.picks.get(key, ())):
+            if pick.time_ns < self._pick_floor.get(pick.stream_id, pick.time_ns) or self.state.is_published(key, pick.time_ns):
                 self.stats.picks_suppressed += 1
                 continue
             self.state.remember_pick(key, pick.time_ns, self._pick_memory_ns)
-            fresh.append(pick)
+            self._held.append(pick)
+            self._dirty = True
+
+    def _release(self) -> None:
+        """Hand the held picks (remembered in the state just saved) to the filters and sinks."""
+        fresh, self._held = self._held, []
         for filt in self.pick_filters:
             fresh = filt(fresh)
         if not fresh:
             return
-        # remembered (state saved) *before* they leave: a kill in between loses them rather than
-        # publishing them twice after the restart (the window is one publish call)
-        self._dirty = True
-        self._save(force=True)
         for sink in self.sinks:
             sink.publish_picks(fresh)
         self.stats.picks_published += len(fresh)
@@ -382,11 +449,24 @@ class Daemon:
                 fh.truncate(self.state.audit_bytes)
 
     def _save(self, force: bool = False) -> None:
-        if not self.state_path or not self._dirty:
+        """Save the state if due (or ``force``), then release the held picks.
+
+        Due: dirty and ``state_flush_s`` since the last try, so a disk that fails is
+        retried once per interval, not once per record.
+        """
+        if not self.state_path:
+            self._release()
             return
         now = time.monotonic()
         if not force and now - self._last_save < self.state_flush_s:
             return
+        if self._dirty:
+            self._last_save = now
+            self._write_state()
+        self._release()
+
+    def _write_state(self) -> None:
+        self.state.resume = self.pipeline.resume_points()
         try:
             if self._audit:
                 with open(self.audit_path, "ab") as fh:
@@ -397,8 +477,28 @@ class Daemon:
                 self._audit.clear()
             save_state(self.state_path, self.state)
         except OSError as exc:
-            log.error("cannot save state file %s: %s", self.state_path, exc)
+            self.stats.state_write_errors += 1
+            self._log_write_error(exc)
             return
+        if self._write_errors_logged[0]:
+            log.warning("state file %s written again after %d failed writes", self.state_path,
+                        self.stats.state_write_errors)
+            self._write_errors_logged = (0, -float("inf"))
         self._dirty = False
-        self._last_save = now
         self.stats.state_saves += 1
+
+    def _log_write_error(self, exc: OSError) -> None:
+        """One ERROR line per ``WRITE_ERROR_LOG_S`` while writes keep failing (the count is in the stats)."""
+        now = time.monotonic()
+        logged, at = self._write_errors_logged
+        if now - at < WRITE_ERROR_LOG_S:
+            return
+        log.error("cannot save state file %s: %s (%d failed writes so far, %d since the last message; retried every "
+                  "%.0f s, picks are still published)", self.state_path, exc, self.stats.state_write_errors,
+                  self.stats.state_write_errors - logged, self.state_flush_s)
+        self._write_errors_logged = (self.stats.state_write_errors, now)
+
+
+def _station_key(stream_id: str) -> str:
+    """The pipeline's station key of a channel: ``NET.STA.LOC.HH?`` (the channel family)."""
+    return stream_id[:-1] + "?"
