@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Pick on miniSEED files as a stream; picks as JSON lines on stdout."),
     "check-config": ("check_config", "Validate a config file (or print the example config)."),
+    "models": ("models", "Regions, their stations and model cards (thresholds in force and where they came from)."),
     "listen": ("listen", "Subscribe to a running rtpick over ZeroMQ and print its messages as JSON lines."),
     "plot": ("plot", "PNG of waveforms, P/S probabilities and picks for a time window or an event."),
     "run": ("run", "The daemon: SeedLink ingest -> picks (JSON lines on stdout with --stdout)."),

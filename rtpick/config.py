@@ -129,6 +129,7 @@ class MetricsConfig(Section):
 
     listen: str = Field("", description="HOST:PORT of the Prometheus /metrics HTTP endpoint, e.g. '127.0.0.1:9733' (port 0 = any free port); empty = no endpoint.")
     live_after_s: float = Field(60.0, gt=0, description="A station counts as live while its newest data is younger than this (rtpick_stations_live, status heartbeat).")
+    max_station_labels: int = Field(1000, ge=1, description="Stations with their own 'station' label on per-station metrics, first seen first; further stations share the label '_other' (worst value of them), which bounds the series per scrape (see docs/operations.md).")
 
     @field_validator("listen")
     @classmethod

@@ -242,6 +242,14 @@ def region_models(config: Config) -> dict[str, tuple[str, str]]:
 
 def load_region_models(config: Config) -> dict[tuple[str, str], LoadedModel]:
     """Load each distinct (model spec, device) once; a failure names every region that uses it."""
+    loaded, problems = _load_models(config)
+    if problems:
+        raise RegionError(problems)
+    return loaded
+
+
+def _load_models(config: Config) -> tuple[dict[tuple[str, str], LoadedModel], list[str]]:
+    """The models that load, and one problem line per region whose model does not."""
     users: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for region, prefix in effective_regions(config):
         wanted = (region.model or config.inference.model, region.device or config.inference.device)
@@ -254,9 +262,7 @@ def load_region_models(config: Config) -> dict[tuple[str, str], LoadedModel]:
             loaded[(spec, device)] = load_model(spec, device)
         except ModelError as exc:
             problems += [f"region {name!r}: key '{key}': {exc}" for name, key in names]
-    if problems:
-        raise RegionError(problems)
-    return loaded
+    return loaded, problems
 
 
 def _model_default(model: Any, key: str) -> tuple[Any, str]:
@@ -276,8 +282,18 @@ def build_lane_specs(config: Config, loaded_models: Mapping[tuple[str, str], Loa
     as :class:`RegionError` (one line per region and key), so ``check-config`` can list
     them all and ``run`` never meets them as a traceback.
     """
-    specs, problems = [], []
+    missing = sorted({f"{spec} on {device}" for spec, device in region_models(config).values() if (spec, device) not in loaded_models})
+    if missing:
+        raise RegionError([f"model not loaded: {m} (use load_region_models)" for m in missing])
+    return _lane_specs(config, loaded_models, [])
+
+
+def _lane_specs(config: Config, loaded_models: Mapping[tuple[str, str], LoadedModel], problems: list[str]) -> list[LaneSpec]:
+    """Specs of the regions whose model is in ``loaded_models``; raises with ``problems`` plus their own."""
+    specs = []
     for region, prefix in effective_regions(config):
+        if (region.model or config.inference.model, region.device or config.inference.device) not in loaded_models:
+            continue  # its load failure is already among the problems
         try:
             specs.append(_lane_spec(config, region, prefix, loaded_models))
         except RegionError as exc:
@@ -384,3 +400,43 @@ def _pick(region_value: Any, inf: Any, key: str, model: Any, model_key: str | No
     if explicitly_set(inf, key):
         return getattr(inf, key), "[inference]"
     return _model_default(model, model_key or key)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole plan: what check-config validates, `rtpick models` shows and `run` starts from
+
+
+@dataclass(frozen=True)
+class LanePlan:
+    """The regions in force, resolved: lane specs, the loaded models and the router."""
+
+    specs: list[LaneSpec]
+    models: Mapping[tuple[str, str], LoadedModel]  # (model spec, device) -> model
+    router: RegionRouter
+
+    def model_of(self, spec: LaneSpec) -> LoadedModel:
+        return self.models[(spec.model_id, spec.device)]
+
+
+def plan_lanes(config: Config) -> LanePlan:
+    """Inventory, models and lane specs of ``config``; every problem raised together as :class:`RegionError`."""
+    problems: list[str] = []
+    try:
+        router = RegionRouter.from_config(config)
+    except (OSError, ValueError) as exc:
+        problems.append(f"key 'stream.inventory': {exc}")
+    models, load_problems = _load_models(config)
+    specs = _lane_specs(config, models, problems + load_problems)
+    return LanePlan(specs, models, router)
+
+
+def coverage_warnings(coverage: Coverage, have_inventory: bool) -> list[str]:
+    """Start-up / ``rtpick models`` lines about stations no region takes and regions taking none."""
+    if not have_inventory:
+        return []
+    lines = []
+    if coverage.unmatched:
+        lines.append(f"{len(coverage.unmatched)} inventory station(s) match no region and will not be picked: {', '.join(coverage.unmatched)}")
+    for name in coverage.empty:
+        lines.append(f"region {name!r} matches no inventory station")
+    return lines
