@@ -4,18 +4,29 @@
 ``on_pick``); hot-loop calls only increment cached label children. Values that
 are read at scrape time (last-data age, buffer fill, stations live) come from
 :class:`PipelineCollector`, which reads the pipeline's state when Prometheus
-scrapes. Labels are bounded: ``station`` (NET.STA, one per station of the
-network), ``phase``, ``region``, ``kind`` and a capped set of rejection causes.
+scrapes. Labels are bounded: ``station`` (NET.STA for the first
+``metrics.max_station_labels`` stations seen, ``_other`` for the rest, see
+:class:`StationLabels`), ``phase``, ``region``, ``kind`` and a capped set of
+rejection causes.
+
+The HTTP endpoint (:func:`start_http_server`) is bounded too: at most
+:data:`HTTP_MAX_CONCURRENT` requests are served at once (one more gets ``503``),
+each connection times out after :data:`HTTP_TIMEOUT_S` of silence, and closing
+the server ends its open connections, so shutdown never waits on a client.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import socket
+import threading
 import time
+from socketserver import ThreadingMixIn
 from typing import Any, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -24,10 +35,15 @@ from rtpick.types import NS_PER_S, Pick
 
 log = logging.getLogger(__name__)
 
+OTHER_STATION = "_other"  # the station label shared by every station beyond metrics.max_station_labels
+DEFAULT_MAX_STATION_LABELS = 1000
+HTTP_MAX_CONCURRENT = 8  # requests served at once; Prometheus scrapes one target one request at a time
+HTTP_TIMEOUT_S = 5.0  # per socket read/write: a silent or half-open client frees its slot after this
 MAX_CAUSES = 16  # distinct rejection causes before further ones are counted as "other"
 # Declared at 0 from the start, so rate()/increase() have data before the first one happens
 # (the pipeline's and the SeedLink client's cause names; others still appear when they occur).
-REJECT_CAUSES = ("bad_sampling_rate", "bad_samples", "non_finite", "bad_stream_id", "channel_not_selected", "unknown_component")
+REJECT_CAUSES = ("bad_sampling_rate", "bad_samples", "non_finite", "bad_stream_id", "channel_not_selected", "unknown_component",
+                 "future_time", "time_jump")
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 DATA_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -44,11 +60,40 @@ def station_of(stream_id: str) -> str:
     return ".".join(parts[:2]) if len(parts) >= 2 else "invalid"
 
 
+class StationLabels:
+    """NET.STA → its ``station`` label: itself for the first ``cap`` stations seen, ``_other`` after.
+
+    Every per-station series is multiplied by this count, so it is what bounds a
+    scrape (10,000 station ids would otherwise be >100,000 series). First seen
+    wins: a network's stations all arrive within the first seconds, so the cap
+    only bites for an unexpected flood of ids (a misconfigured selector, a
+    hostile server), and those share one label. Overflow stations are not stored.
+    """
+
+    def __init__(self, cap: int = DEFAULT_MAX_STATION_LABELS) -> None:
+        if cap < 1:
+            raise ValueError("metrics.max_station_labels must be at least 1")
+        self.cap = cap
+        self._own: set[str] = set()
+        self._lock = threading.Lock()  # the pipeline thread and the scrape thread both assign
+
+    def __call__(self, station: str) -> str:
+        if station in self._own:
+            return station
+        with self._lock:
+            if station in self._own or len(self._own) < self.cap:
+                self._own.add(station)
+                return station
+        return OTHER_STATION
+
+
 class Metrics:
     """Every metric rtpick's hot loop updates; implements the pipeline observer protocol."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True,
+                 max_station_labels: int = DEFAULT_MAX_STATION_LABELS) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.station_label = StationLabels(max_station_labels)
         r = self.registry
         if process:
             ProcessCollector(registry=r)
@@ -89,7 +134,7 @@ class Metrics:
     def on_record(self, stream_id: str, n_samples: int, arrival_latency_s: float) -> None:
         children = self._station.get(stream_id)
         if children is None:
-            station = station_of(stream_id)
+            station = self.station_label(station_of(stream_id))
             children = self._station[stream_id] = (self.records.labels(station), self.samples.labels(station))
             self.gaps.labels(station)  # every station shows its gap/overlap counters, at 0 until one happens
             self.overlaps.labels(station)
@@ -98,10 +143,10 @@ class Metrics:
         self.data_latency.observe(arrival_latency_s)
 
     def on_gap(self, stream_id: str) -> None:
-        self.gaps.labels(station_of(stream_id)).inc()
+        self.gaps.labels(self.station_label(station_of(stream_id))).inc()
 
     def on_overlap(self, stream_id: str) -> None:
-        self.overlaps.labels(station_of(stream_id)).inc()
+        self.overlaps.labels(self.station_label(station_of(stream_id))).inc()
 
     def on_rejected(self, stream_id: str, cause: str) -> None:  # noqa: ARG002 - per-stream detail goes to the log
         child = self._causes.get(cause)
@@ -131,7 +176,7 @@ class Metrics:
 
     def watch(self, pipeline: Any, live_after_s: float = 60.0) -> PipelineCollector:
         """Register the scrape-time collector of ``pipeline``'s state."""
-        collector = PipelineCollector(pipeline, live_after_s)
+        collector = PipelineCollector(pipeline, live_after_s, labels=self.station_label)
         self.registry.register(collector)
         return collector
 
@@ -145,12 +190,19 @@ class Metrics:
 
 
 class PipelineCollector(Collector):
-    """Scrape-time gauges read from a :class:`rtpick.pipeline.Pipeline` (per NET.STA)."""
+    """Scrape-time gauges read from a :class:`rtpick.pipeline.Pipeline` (per NET.STA).
 
-    def __init__(self, pipeline: Any, live_after_s: float = 60.0, clock=time.time) -> None:
+    Stations beyond the label cap share the ``_other`` series, which shows the worst
+    of them (oldest data, largest lag, fullest buffer): an alert on it still fires.
+    The station counts (``rtpick_stations``, ``rtpick_stations_live``) count every station.
+    """
+
+    def __init__(self, pipeline: Any, live_after_s: float = 60.0, clock=time.time,
+                 labels: StationLabels | None = None) -> None:
         self.pipeline = pipeline
         self.live_after_s = live_after_s
         self.clock = clock
+        self.labels = labels if labels is not None else StationLabels()
 
     def station_state(self) -> dict[str, dict[str, float]]:
         """NET.STA -> {last_arrival (wall s), last_data_ns, fill (0..1)}; families merged (newest, fullest)."""
@@ -175,12 +227,18 @@ class PipelineCollector(Collector):
         lag = GaugeMetricFamily("rtpick_station_data_lag_seconds", "Wall clock minus the end of the station's newest sample (large in replay).", labels=["station"])
         fill = GaugeMetricFamily("rtpick_buffer_fill_ratio", "Fraction of the station's ring buffer holding data not yet consumed by the window scheduler.", labels=["station"])
         live = 0
-        for key, values in sorted(state.items()):
+        worst: dict[str, tuple[float, float, float]] = {}  # label -> (age, lag, fill)
+        for key, values in state.items():
             station_age = now - values["last_arrival"] if values["last_arrival"] else float("inf")
             live += station_age <= self.live_after_s
-            age.add_metric([key], station_age)
-            lag.add_metric([key], now - values["last_data_ns"] / NS_PER_S)
-            fill.add_metric([key], values["fill"])
+            row = (station_age, now - values["last_data_ns"] / NS_PER_S, values["fill"])
+            label = self.labels(key)
+            prev = worst.get(label)
+            worst[label] = row if prev is None else tuple(max(a, b) for a, b in zip(prev, row))
+        for label, (station_age, station_lag, station_fill) in sorted(worst.items()):
+            age.add_metric([label], station_age)
+            lag.add_metric([label], station_lag)
+            fill.add_metric([label], station_fill)
         yield age
         yield lag
         yield fill
@@ -238,18 +296,91 @@ def rtpick_version() -> str:
         return "0+unknown"
 
 
-def start_http_server(listen: str, registry: CollectorRegistry) -> tuple[Any, Any]:
+class _QuietHandler(WSGIRequestHandler):
+    """Per-request handler: socket timeout, no access log (Prometheus scrapes every few seconds)."""
+
+    timeout = HTTP_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass
+
+
+class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
+    """A threading WSGI server with at most ``max_concurrent`` requests in flight.
+
+    A connection beyond the limit is answered ``503`` at once and closed (counted in
+    ``rejected``) instead of getting a thread; :meth:`server_close` shuts down the
+    open connections so their threads end at once, not after their timeouts.
+    """
+
+    daemon_threads = True
+    block_on_close = False  # the open connections are shut down instead (server_close)
+
+    def __init__(self, address: tuple[str, int], max_concurrent: int = HTTP_MAX_CONCURRENT) -> None:
+        self.address_family = socket.getaddrinfo(address[0] or None, address[1], type=socket.SOCK_STREAM)[0][0]
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        self.rejected = 0
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            try:
+                request.settimeout(HTTP_TIMEOUT_S)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics request from %s failed", client_address, exc_info=True)  # timeouts, resets
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._open_lock:
+            for request in list(self._open):
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def start_http_server(listen: str, registry: CollectorRegistry,
+                      max_concurrent: int = HTTP_MAX_CONCURRENT) -> tuple[BoundedMetricsServer, threading.Thread]:
     """Serve ``registry`` at ``http://listen/metrics``; :class:`MetricsError` names ``metrics.listen``.
 
     Returns ``(server, thread)``; stop with ``server.shutdown(); server.server_close()``.
     A port of 0 picks a free one: read it from ``server.server_address``.
     """
-    from prometheus_client import start_http_server as _start
-
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:
-        return _start(int(port), addr=host, registry=registry)
+        server = BoundedMetricsServer((host, int(port)), max_concurrent)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise MetricsError(f"metrics.listen: cannot serve metrics on {listen!r}: {reason}") from None
+    server.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread

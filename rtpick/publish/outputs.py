@@ -39,7 +39,7 @@ class Outputs:
     def __init__(self, config: Any, *, registry: CollectorRegistry | None = None, instance: str | None = None) -> None:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, max_station_labels=config.metrics.max_station_labels)
         self.publisher = Publisher.from_config(config.publish, registry=self.registry) if config.publish.endpoint else None
         self.instance = os.environ.get("RTPICK_INSTANCE", "") if instance is None else instance
         self.state = "starting"
