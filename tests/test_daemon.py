@@ -80,7 +80,8 @@ class FakePipeline:
         return []
 
     def resume_points(self):
-        return {"OK.FNO.01.HH?": {"anchor": 0, "picked_to": len(self.fed) * 10**9, "fs": 100.0}}
+        return {"OK.FNO.01.HH?": {"anchor": 0, "picked_to": len(self.fed) * 100, "pick_from": {"P": 0, "S": 0},
+                                  "sampling_rate": 100.0}}
 
     def restore(self, points):
         self.restored = points
@@ -208,7 +209,7 @@ def test_state_write_failures_are_counted_logged_once_and_picks_still_flow(tmp_p
 
 
 def test_restore_is_called_and_picks_before_picked_to_are_suppressed(tmp_path):
-    point = {"anchor": 0, "picked_to": 15 * 10**9, "fs": 100.0}
+    point = {"anchor": 0, "picked_to": 1500, "sampling_rate": 100.0}  # grid index: 15 s at 100 Hz
     state = IngestState(stations={"OK_FNO": 5}, channels={"OK.FNO.01.HHZ": 6 * 10**9}, resume={"OK.FNO.01.HH?": point})
     sink, pipeline = ListSink(), FakePipeline()
     daemon = Daemon(Config(), FakeIngest(25), [sink], pipeline=pipeline, state=state, state_path=str(tmp_path / "s"),

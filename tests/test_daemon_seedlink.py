@@ -45,11 +45,12 @@ def config_file(tmp_path_factory):
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("STATE_DIRECTORY", None)
     return env
 
 
-def _rtpick(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rtpick", *args], cwd=REPO, env=_env(),
+def _rtpick(*args: str, cwd=REPO, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rtpick", *args], cwd=cwd, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -227,3 +228,41 @@ def test_demo_prints_p_picks_for_all_seven_stations():
     stations = {p[0].rsplit(".", 2)[0] for p in _picks(out) if p[1] == "P"}
     assert stations == {f"OK.{s}" for s in ("FNO", "LC30", "OKCFA", "SIO", "U32A", "W35A", "X34A")}
     assert "rtpick demo:" in err
+
+
+@pytest.mark.parametrize("streams", ["", " , "])
+def test_run_empty_streams_is_a_config_error(streams):
+    proc = _rtpick("run", "--streams", streams)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-3000:]
+    assert "--streams" in err and "Traceback" not in err
+
+
+CORRUPT_STATES = {"random bytes": os.urandom(2048) + b"\xff", "absurd time": json.dumps(
+    {"format": "rtpick.seedlink-state/1", "stations": {"OK_FNO": 5}, "channels": {"OK.FNO.01.HHZ": 10**30}}).encode()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", CORRUPT_STATES.values(), ids=CORRUPT_STATES.keys())
+def test_run_operator_defaults_and_corrupt_state(archive, tmp_path, content):
+    """No picks on stdout without --stdout; a relative state_file lies next to the config, not in the
+    working directory; a corrupt state is moved aside and the daemon starts from begin_time."""
+    cfg_dir, work = tmp_path / "etc", tmp_path / "work"
+    cfg_dir.mkdir()
+    work.mkdir()
+    config = cfg_dir / "rtpick.toml"
+    config.write_text(CONFIG + '[seedlink]\nstate_file = "rel.state"\n')
+    state = cfg_dir / "rel.state"
+    state.write_bytes(content)
+    with ServerThread(archive, port=0) as server:
+        proc = _rtpick("run", "--config", str(config), "--seedlink", f"127.0.0.1:{server.port}", "--streams", "OK_*",
+                       "--begin-time", "2013-06-16T15:37:00Z", cwd=work)
+        try:
+            _wait_state(state, lambda s: sum(s.values()) > 100, timeout=120, proc=proc)
+        finally:
+            out, err = _stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert out == ""
+    assert (cfg_dir / "rel.state.corrupt").read_bytes() == content and "is corrupt" in err
+    assert "picks go nowhere" in err
+    assert list(work.iterdir()) == []

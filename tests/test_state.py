@@ -13,7 +13,8 @@ from rtpick.ingest.state import STATE_FORMAT, IngestState, load_state, resolve_s
 
 GOOD = {"format": STATE_FORMAT, "stations": {"OK_FNO": 12}, "channels": {"OK.FNO.01.HHZ": 1371397430000000000},
         "picks": {"OK.FNO.01.HHZ|P": [1371397137120000000]},
-        "resume": {"OK.FNO.01.HH?": {"anchor": 1371397000000000000, "picked_to": 1371397400000000000, "fs": 100.0}}}
+        "resume": {"OK.FNO.01.HH?": {"anchor": 137139700000, "picked_to": 137139740000, "pick_from": {"P": 137139740000},
+                                      "sampling_rate": 100.0}}}
 
 
 def _bad(**changes) -> str:
@@ -43,6 +44,7 @@ CORRUPT = {
     "picks not a list": _bad(picks__x=5).encode(),
     "resume not an object": _bad(resume__x=5).encode(),
     "resume with a string": _bad(resume__OK_X={"picked_to": "soon"}).encode(),
+    "resume nested too deep": _bad(resume__OK_X={"pick_from": {"P": {"x": 1}}}).encode(),
     "negative audit bytes": _bad(audit_bytes=-5).encode(),
     "deep nesting": b"[" * 100_000 + b"]" * 100_000,
 }

@@ -51,14 +51,9 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     sl = data["seedlink"]
     if args.seedlink:
         sl["server"] = args.seedlink
-    if args.streams is not None:
-        try:
-            selectors = parse_selectors(args.streams)
-        except ValueError as exc:
-            raise ValueError(f"--streams {args.streams!r}: {exc}") from None
-        if not selectors:
-            raise ValueError(f"--streams {args.streams!r}: no stream selector; expected 'NET_STA[:CHANNELS],...'")
-        sl["streams"] = [f"{s.station}:{' '.join(s.channels)}" if s.channels else s.station for s in selectors]
+    if args.streams is not None:  # "" is not "unset": parse_selectors refuses it (a config error, exit 2)
+        sl["streams"] = [f"{s.station}:{' '.join(s.channels)}" if s.channels else s.station
+                         for s in parse_selectors(args.streams)]
     if args.state_file:
         sl["state_file"] = os.path.abspath(args.state_file)
     if args.begin_time:

@@ -80,7 +80,7 @@ class IngestState:
         for key, point in _mapping(doc, "resume").items():
             if not isinstance(point, dict):
                 raise ValueError(f"resume.{key}: expected an object")
-            resume[key] = {name: _number(f"resume.{key}.{name}", v) for name, v in point.items()}
+            resume[key] = {name: _resume_value(f"resume.{key}.{name}", v) for name, v in point.items()}
         audit = _int("audit_bytes", doc.get("audit_bytes", 0), 0, 2**62)
         return cls(stations, channels, picks, audit, resume)
 
@@ -110,6 +110,13 @@ def _int(name: str, value: object, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name}: {value} outside [{low}, {high}]")
     return value
+
+
+def _resume_value(name: str, value: object) -> int | float | dict:
+    """A resume point's field: a finite number, or one level of ``{name: number}`` (e.g. per phase)."""
+    if isinstance(value, dict):
+        return {str(k): _number(f"{name}.{k}", v) for k, v in value.items()}
+    return _number(name, value)
 
 
 def _number(name: str, value: object) -> int | float:

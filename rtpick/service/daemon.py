@@ -80,6 +80,7 @@ import numpy as np
 
 from rtpick.config import Config
 from rtpick.ingest.state import IngestState, save_state
+from rtpick.stream.buffers import grid_ns
 from rtpick.types import NS_PER_S, Pick, Record
 
 log = logging.getLogger(__name__)
@@ -401,15 +402,18 @@ class Daemon:
     def _pick_floors(self, guard_ns: int) -> dict[str, int]:
         """Per stream: picks before this time were dealt with by the previous process.
 
-        A station with a resume point: its restored ``picked_to``. Without one (state from
-        an older version): the saved channel end minus ``guard_ns`` (the first window of
-        re-fed context has no data before it, so its picks would differ).
+        A station with a resume point: its restored ``picked_to`` (a model-rate grid index)
+        less one sample, as a pick's time carries the sub-sample offset of its segment; the
+        restored pipeline makes no pick below ``picked_to`` anyway, this only makes sure.
+        Without one (a station that had no full window yet, or a state from an older
+        version): the saved channel end minus ``guard_ns`` (the first window of re-fed
+        context has no data before it, so its picks would differ).
         """
         floors = {}
         for sid, end in self.state.channels.items():
             point = self.state.resume.get(_station_key(sid))
             if point is not None:
-                floors[sid] = int(point["picked_to"])
+                floors[sid] = grid_ns(int(point["picked_to"]) - 1, float(point["sampling_rate"]))
             elif guard_ns:
                 floors[sid] = end - guard_ns
         return floors
