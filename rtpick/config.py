@@ -52,13 +52,15 @@ class StreamConfig(Section):
         default_factory=lambda: ["HH?", "BH?", "EH?", "HN?", "SH?"],
         description="Channel families to pick on (SEED band+instrument with '?' for the component).",
     )
+    quarantine_after: int = Field(5, ge=1, description="Consecutive records of one channel whose processing fails (an unexpected error, counted as 'processing_error') before the channel is quarantined: its records are then rejected as 'quarantined' for quarantine_s, other channels go on.")
+    quarantine_s: float = Field(300.0, ge=0, description="Seconds (wall clock) a quarantined channel's records are rejected before it is tried again.")
     inventory: str = Field("", description="Station inventory for region polygons and `rtpick models`: StationXML (read with ObsPy) or a CSV network,station,latitude,longitude,elevation_m (as [associate] stations); empty = none (regions select by stations globs only, matched at run time).")
 
 
 class InferenceConfig(Section):
     """Model, batching and threads of the inference engine."""
 
-    model: str = Field("seisbench:PhaseNet/original", description="Model: 'seisbench:<Class>/<weights>', 'file:<path to .pt with .json sidecar>'.")
+    model: str = Field("seisbench:PhaseNet/original", description="Model: 'seisbench:<Class>/<weights>', 'file:<path>' (SeisBench save format <path>.pt + <path>.json, or an `rtpick adapt` output folder) or 'file:<Class>:<path>' when the sidecar does not name its class (e.g. 'file:EQTransformer:/models/eqt').")
     device: str = Field("cpu", description="torch device: 'cpu' or 'cuda'.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
     batch_size: int = Field(64, ge=1, description="Maximum windows per forward pass.")

@@ -1,10 +1,12 @@
-"""Model loading: ``seisbench:<Class>/<weights>`` or ``file:<path>`` (SeisBench format).
+"""Model loading: ``seisbench:<Class>/<weights>`` or ``file:[<Class>:]<path>`` (SeisBench format).
 
 ``file:<path>`` names SeisBench's on-disk format: ``<path>.json`` (sidecar with
 ``model_args``, ``default_args``, docstring, version) and ``<path>.pt`` (state
 dict), as written by ``model.save(path)`` and by ``rtpick adapt`` (whose output
-folder may be given as the path). The model class comes from the sidecar's
-``model_class`` key (default ``PhaseNet``; a dotted path for rtpick's own students).
+folder may be given as the path). The model class comes from the spec
+(``file:EQTransformer:/models/eqt``: SeisBench's own ``save`` does not record it),
+else from the sidecar's ``model_class`` key (written by ``rtpick adapt``; a dotted
+path for rtpick's own students), else ``PhaseNet``.
 Nothing is downloaded unless SeisBench itself is asked for missing weights.
 
 Only models whose SeisBench ``annotate`` rtpick reproduces exactly are accepted
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -150,6 +153,8 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         sha = _sha256(pt_files[-1]) if pt_files else ""
         source, card = "seisbench pretrained", None
     elif kind == "file":
+        named = re.match(r"^([A-Za-z_][\w.]*):(.+)$", rest)
+        class_name, rest = (named.group(1), named.group(2)) if named else (None, rest)
         base = Path(rest)
         card = None
         source = f"file {base}"
@@ -170,11 +175,13 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
             meta = json.loads(sidecar.read_text())
         except json.JSONDecodeError as exc:
             raise ModelError(f"model spec {spec!r}: {sidecar} is not valid JSON: {exc}") from exc
-        cls = _model_class(meta.get("model_class", "PhaseNet"))
+        class_name = class_name or meta.get("model_class")
+        cls = _model_class(class_name or "PhaseNet")
         try:
             model = cls.load(base, weights_only=True)
         except Exception as exc:
-            raise ModelError(f"model spec {spec!r}: cannot load {weights_file}: {exc}") from exc
+            hint = "" if class_name else " (the sidecar names no model_class, so PhaseNet was assumed: give the class as 'file:<Class>:<path>')"
+            raise ModelError(f"model spec {spec!r}: cannot load {weights_file} as {cls.__name__}: {exc}{hint}") from exc
         version = str(meta.get("version", ""))
         sha = _sha256(weights_file)
     else:
