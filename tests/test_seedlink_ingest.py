@@ -223,7 +223,6 @@ def _share_packets(fno):
 @pytest.mark.parametrize(("name", "bad", "cause"), [
     ("truncated", lambda c, p, o: c.sendall(_packet(p[1])[:300]), "disconnected"),
     ("bad_sequence", lambda c, p, o: c.sendall(b"SLZZZZZZ" + p[1].data), "bad_header"),
-    ("not_miniseed", lambda c, p, o: c.sendall(b"SL000099" + b"x" * 512), "not_miniseed"),
     ("garbage", lambda c, p, o: c.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + b"\0" * 600), "bad_header"),
 ])
 def test_malformed_traffic_counted_logged_once_and_reconnects(caplog, name, bad, cause):

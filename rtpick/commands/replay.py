@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 
 from rtpick.commands import startup
 
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     speed = config.replay.speed if args.speed is None else args.speed
     pipeline = Pipeline(config, model)
-    ingest = ReplayIngest(args.paths, speed=speed, record_samples=config.replay.record_samples)
+    ingest = ReplayIngest(args.paths, speed=speed, record_samples=config.replay.record_samples,
+                          max_jump_s=config.stream.buffer_seconds)
     records = list(ingest.records()) if speed == 0 else ingest.records()
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     if show:
@@ -51,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     emit(pipeline.flush())
     elapsed = time.perf_counter() - t0
     stats = pipeline.stats
+    rejected = dict(Counter(ingest.guard.rejected) + Counter(stats.rejected))  # by the ingest's guard or the pipeline
     channel_seconds = sum(f.counters["samples"] / f.sampling_rate for f in pipeline.feeds.values() if f.sampling_rate)
     station_seconds = channel_seconds * len(pipeline.stations) / max(len(pipeline.feeds), 1)
     print(
         f"rtpick replay: {len(pipeline.stations)} stations, {stats.records} records, {stats.windows} windows "
         f"in {stats.batches} batches, {stats.picks} picks; {elapsed:.2f} s wall "
         f"({station_seconds / max(elapsed, 1e-9):.0f} station-seconds/s, model {stats.inference_seconds:.2f} s); "
-        f"files read {ingest.files_read}, failed {len(ingest.files_failed)}; rejected {stats.rejected or 0}; "
+        f"files read {ingest.files_read}, failed {len(ingest.files_failed)}; rejected {rejected or 0}; "
         f"windows dropped {stats.windows_dropped}, short blocks {stats.short_blocks}",
         file=sys.stderr,
     )

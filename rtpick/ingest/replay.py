@@ -4,7 +4,9 @@ Files are read with ObsPy (libmseed joins contiguous records into traces), cut
 into packets of ``record_samples`` and emitted in the order a live feed would
 deliver them: by packet end time across all channels. ``speed`` paces emission
 against the wall clock (1 = real time); 0 emits as fast as possible.
-An unreadable or corrupt file is logged, counted and skipped.
+An unreadable or corrupt file is logged, counted and skipped. Every record
+passes the same :class:`~rtpick.ingest.records.RecordGuard` as the SeedLink
+ingest (``guard``: rate snapping, non-finite samples, future times, time jumps).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import obspy
 
+from rtpick.ingest.records import MAX_JUMP_S, RecordGuard
 from rtpick.types import NS_PER_S, Record
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,13 @@ class ReplayIngest:
     paths: list[str | Path]
     speed: float = 0.0
     record_samples: int = 412
+    max_jump_s: float = MAX_JUMP_S  # the buffer length: larger jumps are held until confirmed (see RecordGuard)
     files_read: int = 0
     files_failed: list[str] = field(default_factory=list)
+    guard: RecordGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = RecordGuard(max_jump_s=self.max_jump_s)
 
     def read(self) -> obspy.Stream:
         stream = obspy.Stream()
@@ -64,7 +72,10 @@ class ReplayIngest:
         return stream
 
     def records(self) -> Iterator[Record]:
-        """All records ordered by end time (ties by stream id), paced by ``speed``."""
+        """All records that pass the guard, ordered by end time (ties by stream id), paced by ``speed``."""
+        return self.guard.filter(self._ordered())
+
+    def _ordered(self) -> Iterator[Record]:
         heap: list[tuple[int, str, int, Record]] = []
         for n, trace in enumerate(self.read()):
             for rec in trace_records(trace, self.record_samples):

@@ -8,7 +8,20 @@ with jitter), per-station resume, wildcard expansion and the accounting of
 malformed traffic. It always speaks SeedLink v3 (every server speaks it).
 
 Yields :class:`~rtpick.types.Record` with a position ``(NET_STA, seq)`` so the
-daemon can persist exactly what it has handed downstream.
+daemon can persist exactly what it has handed downstream. Every record passes
+a :class:`~rtpick.ingest.records.RecordGuard` first; the dedupe/resume position
+of a channel (``chan_end``) moves only for records the guard let through, so a
+record dated 2099 or full of NaN never makes the genuine records after it look
+like duplicates.
+
+Poison packets: a data packet whose payload is not miniSEED is skipped, never
+re-requested: counted, its sequence number taken as received so a resume goes
+past it. When the payload still frames (its length is known) the connection is
+kept; when it does not, the client reconnects after it. The packet's station is
+read from the payload's fixed header; when that is unreadable it is the station
+whose next sequence number the packet carries (servers number per station), or
+the only station requested. A packet no station can be found for cannot be
+skipped: it is counted and logged, and the client reconnects.
 """
 
 from __future__ import annotations
@@ -25,9 +38,12 @@ import numpy as np
 from pymseed import MS3Record, sourceid2nslc
 from seedlink_client import Protocol, SeedLink, SeedLinkError, SeedLinkResponse
 from seedlink_client import _commands as slcmd
-from seedlink_client.protocol import parse_info_xml
+from seedlink_client import mseed
+from seedlink_client.protocol import (HEADSIZE_V3, MAX_RECORD_LEN, MIN_PAYLOAD_DETECT, HeaderV3, StreamEvent,
+                                      decode_frame_v3, parse_header_v3, parse_info_xml)
 
 from rtpick.config import SeedLinkConfig
+from rtpick.ingest.records import MAX_FUTURE_S, MAX_JUMP_S, RecordGuard
 from rtpick.ingest.state import IngestState
 from rtpick.types import NS_PER_S, Record, iso_to_ns
 
@@ -39,6 +55,8 @@ ERROR_CAUSES = ("bad_header", "not_miniseed", "bad_record", "disconnected", "tim
                 "protocol_error", "no_station", "station_rejected", "selector_rejected", "unexpected_station",
                 "seq_backwards", "info_failed")
 POLL_S = 0.2
+SEQ_MODULO = 0x1000000  # v3 sequence numbers are 6 hex digits
+NO_MATCH_LOG_S = 600.0  # "no selector matches" is logged as an ERROR at most this often while it lasts
 
 
 @dataclass(frozen=True)
@@ -61,10 +79,33 @@ class StreamSelector:
 
 
 def parse_selectors(items: list[str] | str) -> list[StreamSelector]:
-    """Config list or slinktool-style ``-S`` string ('NET_STA:SEL SEL,NET_STA,...')."""
-    if isinstance(items, str):
-        items = [part for part in items.split(",") if part.strip()]
-    return [StreamSelector.parse(item) for item in items]
+    """Config list or slinktool-style ``-S`` string: ``'OK_FNO:HH? BH?,OK_* TA_TUL1'``.
+
+    Selectors are separated by commas and/or whitespace. The rule that keeps
+    SeisComP's space-separated channel lists: a token containing ``_`` starts a
+    new selector (NET_STA always has one, a channel selector never does); any
+    other token is one more channel selector of the preceding ``NET_STA:``
+    selector. An empty list is an error (rtpick would otherwise request
+    nothing, or a server default, without saying so).
+    """
+    text = ",".join(items) if not isinstance(items, str) else items
+    selectors: list[StreamSelector] = []
+    for token in text.replace(",", " ").split():
+        if "_" in token.partition(":")[0]:
+            selectors.append(StreamSelector.parse(token))
+        elif selectors and ":" in _last_text(selectors[-1]):
+            last = selectors[-1]
+            selectors[-1] = StreamSelector(last.station, last.channels + (token,))
+        else:
+            raise ValueError(f"stream selector {token!r}: expected NET_STA[:CHANNELS] "
+                             "(a channel list must follow NET_STA: as in 'OK_FNO:HH? BH?')")
+    if not selectors:
+        raise ValueError("seedlink.streams (--streams): no stream selector given; expected NET_STA[:CHANNELS],...")
+    return selectors
+
+
+def _last_text(sel: StreamSelector) -> str:
+    return f"{sel.station}:{' '.join(sel.channels)}" if sel.channels else sel.station
 
 
 @dataclass
@@ -80,13 +121,15 @@ class IngestStats:
     warmup: int = 0  # records re-fed for context after a restart (already committed before it)
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count
     state: str = "idle"
+    missing_stations: frozenset[str] = frozenset()  # selectors the server has no station for (last connect)
 
 
 class SeedLinkIngest:
     """Records from a SeedLink server, forever (until :meth:`stop`), resuming after every disconnect."""
 
     def __init__(self, cfg: SeedLinkConfig, resume: IngestState | None = None, horizon_s: float = 0.0,
-                 dialup: bool = False, rng: random.Random | None = None, warmup_s: float = 0.0):
+                 dialup: bool = False, rng: random.Random | None = None, warmup_s: float = 0.0,
+                 max_future_s: float = MAX_FUTURE_S):
         self.cfg = cfg
         host, _, port = cfg.server.rpartition(":")
         if not host or not port.isdigit():
@@ -104,6 +147,8 @@ class SeedLinkIngest:
         self._warm_pending = set(resume.stations) if self.warmup_ns > 0 else set()
         self.chan_end: dict[str, int] = {} if self._warm_pending else dict(resume.channels)  # last yielded, per channel
         self.horizon_ns = int(horizon_s * NS_PER_S)
+        # time jumps beyond the buffer length are held until confirmed; set guard.observer for metrics
+        self.guard: RecordGuard[Position] = RecordGuard(max_jump_s=horizon_s or MAX_JUMP_S, max_future_s=max_future_s)
         self.dialup = dialup
         self.stats = IngestStats()
         self._rng = rng or random.Random()
@@ -112,6 +157,8 @@ class SeedLinkIngest:
         self._conn: SeedLink | None = None
         self._wanted_cache: dict[str, bool] = {}
         self._sid_cache: dict[str, str] = {}
+        self._requested: list[str] = []  # stations requested on the current connection
+        self._next_no_match_log = 0.0
 
     # -- public ---------------------------------------------------------------
     def stop(self) -> None:
@@ -140,6 +187,8 @@ class SeedLinkIngest:
                 if self.dialup and not self._stop.is_set():
                     log.info("server %s:%d sent END (dial-up): all queued data received", self.host, self.port)
                     return
+            except _FramingLost:
+                pass  # counted where it was found; reconnect and resume after the packet
             except (SeedLinkError, OSError) as exc:
                 self._count(_cause(exc), "", f"{exc}")
             finally:
@@ -166,12 +215,13 @@ class SeedLinkIngest:
         self._conn = conn
         conn.connect()
         self.stats.connects += 1
-        stations = self._expand(conn)
-        accepted = 0
+        stations, missing = self._expand(conn)
+        accepted: list[str] = []
         for key, channels in stations:
             station_cmd = slcmd.station_v3(key, expect_reply=True)
             resp = conn._send_command(station_cmd)
             if not resp:
+                missing.add(key)
                 self._count("station_rejected", key, "server does not have this station")
                 continue
             for sel in channels:
@@ -181,11 +231,15 @@ class SeedLinkIngest:
             action = self._action(key)
             resp = conn._send_command(action)
             if not resp:
+                missing.add(key)
                 self._count("station_rejected", key, f"{action.text!r} rejected")
                 continue
-            accepted += 1
-        if not accepted:
-            raise SeedLinkError("no station accepted")
+            accepted.append(key)
+        self.stats.missing_stations = frozenset(missing)
+        if not accepted or not set(accepted) - missing:
+            self._no_match()
+            raise SeedLinkError("no station on the server matches the selectors")
+        self._requested = accepted
         conn._send_command(slcmd.end_v3())
         conn._streaming = True
         self._warm_pending.clear()  # warm-up only once per process; reconnects resume by sequence number
@@ -208,9 +262,23 @@ class SeedLinkIngest:
             return slcmd.time_v3(key, _sl_time(self.begin_ns), None, expect_reply=True)
         return slcmd.data_v3(key, verb, None, None, expect_reply=True)
 
-    def _expand(self, conn: SeedLink) -> list[tuple[str, tuple[str, ...]]]:
-        """Selectors with wildcards → the matching stations from INFO STATIONS (resume is per station)."""
+    def _no_match(self) -> None:
+        """Nothing to stream: say so loudly (rate-limited); the caller retries with backoff, forever."""
+        now = time.monotonic()
+        if now >= self._next_no_match_log:
+            self._next_no_match_log = now + NO_MATCH_LOG_S
+            log.error("seedlink %s:%d: no station on the server matches the stream selectors %s; "
+                      "retrying with backoff (up to %g s) until one does (logged at most every %g s)", self.host,
+                      self.port, " ".join(_last_text(s) for s in self.selectors), self.cfg.reconnect_max_s, NO_MATCH_LOG_S)
+
+    def _expand(self, conn: SeedLink) -> tuple[list[tuple[str, tuple[str, ...]]], set[str]]:
+        """Selectors with wildcards → the matching stations from INFO STATIONS (resume is per station).
+
+        Also the selectors INFO STATIONS shows the server has no station for (each a warning and
+        ``no_station``); a named station is requested all the same (INFO may be restricted).
+        """
         plan: dict[str, tuple[str, ...]] = {}
+        missing: set[str] = set()
         known: list[str] | None = None
         for sel in self.selectors:
             if not sel.has_wildcard:
@@ -226,10 +294,16 @@ class SeedLinkIngest:
                     known = []
             if not known:
                 plan.setdefault(sel.station, sel.channels)  # servers with NSWILDCARD take it; no per-station resume
-            for key in known:
-                if fnmatch.fnmatchcase(key, sel.station):
-                    plan.setdefault(key, sel.channels)
-        return sorted(plan.items())
+            matches = [key for key in known if fnmatch.fnmatchcase(key, sel.station)]
+            for key in matches:
+                plan.setdefault(key, sel.channels)
+            if known and not matches:
+                missing.add(sel.station)
+        if known:
+            missing.update(key for key in plan if key not in known)
+        for key in sorted(missing):
+            self._count("no_station", key, "the server has no station matching this selector (INFO STATIONS)")
+        return sorted(plan.items()), missing
 
     def _info_stations(self, conn: SeedLink) -> list[str]:
         doc = parse_info_xml(conn.info("STATIONS"))
@@ -261,18 +335,71 @@ class SeedLinkIngest:
                     next_keepalive = now + netto / 2
                     conn._send_command(slcmd.info("ID"))
                 continue
-            frame = conn._recv_frame()
+            frame = self._read_frame(conn)
             last_rx = time.monotonic()
             if frame is None:
                 return  # dial-up END
+            if frame is _SKIPPED:
+                continue
             if isinstance(frame, SeedLinkResponse):
                 raise SeedLinkError(f"server error while streaming: {frame.message}")
             if conn._is_info_frame(frame):
                 continue
             self.stats.packets += 1
-            item = self._decode(frame)
-            if item is not None:
-                yield item
+            yield from self._decode(frame)
+
+    def _read_frame(self, conn: SeedLink):
+        """``conn._recv_frame()``, except that a data packet whose payload is not miniSEED is skipped.
+
+        Returns the frame, None (dial-up END) or ``_SKIPPED``; raises :class:`_FramingLost` when the
+        payload's length cannot be told (the position is advanced past it before).
+        """
+        if conn._classify_next() is not StreamEvent.PACKET:
+            return conn._recv_frame()  # END or an ERROR reply
+        header = parse_header_v3(conn._take(HEADSIZE_V3))
+        payload = self._read_payload(conn, header)
+        if conn._recv_start == conn._recv_end:
+            conn._reset_recv_buf()  # as _recv_frame does: do not pin a large buffer
+        try:
+            return decode_frame_v3(header, payload)
+        except SeedLinkError as exc:
+            if header.is_info:
+                raise
+            self._poison(header.seqnum, payload, "bad_record", f"undecodable miniSEED: {exc}")
+            return _SKIPPED
+
+    def _read_payload(self, conn: SeedLink, header: HeaderV3) -> bytes:
+        """One miniSEED record (a v3 header carries no length); socket errors propagate as they are."""
+        size = MIN_PAYLOAD_DETECT
+        while True:
+            head = conn._peek(size)
+            try:
+                found = mseed.detect_record_length(head)
+            except SeedLinkError as exc:
+                found, error = None, exc
+            else:
+                if found is not None:
+                    return conn._take(found[0])
+                error = None if size < MAX_RECORD_LEN else SeedLinkError("record length not found")
+            if error is not None:
+                if header.is_info:
+                    raise error
+                self._poison(header.seqnum, head, "not_miniseed", f"payload is not miniSEED ({error}); reconnecting after it")
+                raise _FramingLost(f"packet {header.seqnum:06X}: payload is not miniSEED")
+            size = min(size * 2, MAX_RECORD_LEN)
+
+    def _poison(self, seq: int, payload: bytes, cause: str, message: str) -> None:
+        """Skip a packet that cannot be decoded: counted, and its station's position moved past it."""
+        key = _header_station(payload)
+        if key is None or not self._wanted(key):
+            owners = [k for k in self._requested if (self.seq.get(k, -2) + 1) % SEQ_MODULO == seq]
+            owners = owners or (self._requested if len(self._requested) == 1 else [])
+            key = owners[0] if len(owners) == 1 else None
+        if key is None:
+            self._count(cause, "", f"packet {seq:06X} of an unknown station: {message} (cannot be skipped)")
+            return
+        self.seq[key] = seq
+        self._count(cause, key, f"packet {seq:06X} skipped: {message}")
 
     def _wanted(self, key: str) -> bool:
         ok = self._wanted_cache.get(key)
@@ -286,45 +413,58 @@ class SeedLinkIngest:
             sid = self._sid_cache[sourceid] = ".".join(sourceid2nslc(sourceid))
         return sid
 
-    def _decode(self, frame) -> tuple[Record, Position] | None:
+    def _decode(self, frame) -> list[tuple[Record, Position]]:
         key, seq = frame.station_id, frame.seqnum
         if not self._wanted(key):
             self._count("unexpected_station", key, "packet for a station that was not requested")
-            return None
+            return []
         try:
             rec = frame.record if frame.record is not None else MS3Record.parse(frame.payload)
             rec.unpack_data()
             samples = np.array(rec.np_datasamples, copy=True)
             stream_id = self._stream_id(rec.sourceid)
         except Exception as exc:  # noqa: BLE001 - pymseed raises several types for bad records
+            self._advance(key, seq)
             self._count("bad_record", key, f"undecodable miniSEED: {exc}")
-            return None
-        if rec.samprate <= 0 or samples.size == 0 or rec.sampletype not in ("i", "f", "d"):
-            return None  # log/calibration/empty records carry no waveform
+            return []
+        if samples.size == 0 or rec.sampletype not in ("i", "f", "d"):
+            self._advance(key, seq)
+            return []  # log/calibration/empty records carry no waveform
         record = Record(stream_id, int(rec.starttime), float(rec.samprate), samples)
         done = self.committed.get(stream_id)
         if self.warmup_ns and done is not None and record.end_ns <= done:
             if record.end_ns <= self.chan_end.get(stream_id, 0):
                 self.stats.duplicates += 1
-                return None
-            self.chan_end[stream_id] = record.end_ns
-            self.stats.warmup += 1
-            return record, (key, -1)  # context for the pipeline, already committed before
+                return []
+            return self._guarded(record, (key, -1))  # context for the pipeline, already committed before
         last_seq = self.seq.get(key)
         end_prev = self.chan_end.get(record.stream_id)
         if end_prev is not None and record.end_ns <= end_prev:
             self.stats.duplicates += 1
             if end_prev - record.end_ns > self.horizon_ns > 0:
                 self.stats.stale += 1
-            return None
+            return []
         if last_seq is not None and seq is not None and seq <= last_seq and last_seq - seq < 0x800000:
             self._count("seq_backwards", key, f"sequence {seq:06X} after {last_seq:06X} with newer data (server ring reset?)")
+        self._advance(key, seq)
+        return self._guarded(record, (key, seq if seq is not None else -1))
+
+    def _advance(self, key: str, seq: int | None) -> None:
+        """The station's resume position: past every packet received, whatever became of it."""
         if seq is not None:
             self.seq[key] = seq
-        self.chan_end[record.stream_id] = record.end_ns
-        self.stats.records += 1
-        self.stats.samples += samples.size
-        return record, (key, seq if seq is not None else -1)
+
+    def _guarded(self, record: Record, position: Position) -> list[tuple[Record, Position]]:
+        """What the guard lets through now; only that moves the channel's dedupe position."""
+        items = self.guard.check(record, position)
+        for accepted, (_, seq) in items:
+            self.chan_end[accepted.stream_id] = max(accepted.end_ns, self.chan_end.get(accepted.stream_id, 0))
+            if seq < 0:
+                self.stats.warmup += 1
+            else:
+                self.stats.records += 1
+                self.stats.samples += accepted.samples.size
+        return items
 
     def _count(self, cause: str, station: str, message: str) -> None:
         self.stats.errors[cause] = self.stats.errors.get(cause, 0) + 1
@@ -333,6 +473,24 @@ class SeedLinkIngest:
             where = f" [{station}]" if station else ""
             log.warning("seedlink %s:%d %s%s: %s (logged once per cause and station)",
                         self.host, self.port, cause, where, message)
+
+
+class _FramingLost(SeedLinkError):
+    """A packet's payload could not be framed: reconnect (already counted, position moved past it)."""
+
+
+_SKIPPED = object()  # _read_frame: a packet was skipped, read on
+
+
+def _header_station(payload: bytes) -> str | None:
+    """NET_STA from a miniSEED 2 fixed header (station 8:13, network 18:20), even when the rest is bad."""
+    if len(payload) < 20:
+        return None
+    try:
+        sta, net = payload[8:13].decode("ascii").strip(), payload[18:20].decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    return f"{net}_{sta}" if sta.isalnum() and net.isalnum() else None
 
 
 def backoff_delay(failures: int, low: float, high: float, rng: random.Random) -> float:
