@@ -10,13 +10,25 @@ SeedLink); the daemon drives it from one thread.
 Contract: for the same data and model, the stacked probabilities equal SeisBench
 ``annotate`` (same overlap/stacking/blinding) within 1e-4 and the picks equal
 ``classify`` (tests/test_oracle.py).
+
+Fault isolation (no input may stop other stations): a record that cannot be
+processed is rejected with its cause (``unsupported_sampling_rate``, ``late``,
+``processing_error``, ...); a channel whose records keep failing is quarantined
+for ``stream.quarantine_s``; a batch whose inference fails loses its windows
+(``stats.windows_failed``) and the stations go on with the windows they have; a
+station whose picking fails is restarted empty (``stats.station_errors``).
+
+Time jumps: a record more than half the ring (and more than the component wait)
+beyond the station's data closes the station's block where its data ended (its
+picks come out exactly as at a gap) and restarts the station at the new time,
+in O(capacity) whatever the gap; a record ending more than the ring behind the
+station's data is rejected as ``late``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,7 +42,7 @@ from rtpick.inference.models import LoadedModel, load_model
 from rtpick.picking.extract import TriggerPicker
 from rtpick.stream import dsp
 from rtpick.stream.buffers import ChannelFeed, GroupBuffer, grid_ns
-from rtpick.stream.windows import Block, Window, WindowScheduler
+from rtpick.stream.windows import Block, Resume, Window, WindowScheduler
 from rtpick.types import NS_PER_S, Pick, Record
 
 log = logging.getLogger(__name__)
@@ -57,6 +69,9 @@ class PipelineStats:
     batches: int = 0
     picks: int = 0
     windows_dropped: int = 0  # buffer overrun: data overwritten before its window ran
+    windows_failed: int = 0  # windows of batches whose inference raised (not stacked)
+    time_jumps: int = 0  # station restarts after a forward jump beyond the ring
+    station_errors: int = 0  # station restarts after its picking raised
     short_blocks: int = 0  # data runs shorter than one window (not picked)
     rejected: dict[str, int] = field(default_factory=dict)  # cause -> records
     inference_seconds: float = 0.0
@@ -90,7 +105,7 @@ def _component_map(order: str) -> dict[str, int]:
 
 
 class Pipeline:
-    """The streaming picker: ``feed`` records, ``poll`` in real time, ``flush`` at end of data."""
+    """The streaming picker: ``feed`` records, ``poll`` in real time, ``flush`` at end of data, ``drain`` at shutdown."""
 
     def __init__(self, config: Config, model: LoadedModel | None = None, observer: PipelineObserver | None = None):
         self.config = config
@@ -126,20 +141,48 @@ class Pipeline:
         self.on_stacked: Callable[[str, int, np.ndarray], None] | None = None
         self._logged: set[tuple[str, str]] = set()
         self._ignored: set[str] = set()
+        self._resume: dict[str, Resume] = {}  # station key -> where the run before a restart stood
+        # a forward jump larger than this restarts the station (see the module docstring)
+        self.jump_samples = max(self.capacity // 2, self.wait_samples)
 
     # ------------------------------------------------------------------ input
     def feed(self, record: Record) -> list[Pick]:
-        """Ingest one record, run every full batch that is due, return final picks."""
+        """Ingest one record, run every full batch that is due, return final picks.
+
+        Never raises for bad input: whatever goes wrong with this record is counted
+        by cause and logged, and the other channels go on.
+        """
         feed = self.feeds.get(record.stream_id) or self._new_feed(record)
-        if feed is None:
+        if feed is None or not self._valid(record, feed):
             return self._take()
-        if not self._valid(record):
-            return self._take()
+        try:
+            self._ingest(feed, record)
+        except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
+            self._record_failed(feed, exc)
+        else:
+            feed.failures = 0
+        while len(self.queue) >= self.config.inference.batch_size:
+            self._run_batch()
+        return self._take()
+
+    def _ingest(self, feed: ChannelFeed, record: Record) -> None:
+        station: Station = feed.group.owner  # type: ignore[attr-defined]
+        frontier = self._frontier(station)
+        if frontier is not None:
+            start = round(record.start_ns * self.fs / NS_PER_S)
+            end = round(record.end_ns * self.fs / NS_PER_S)
+            if end <= frontier - self.capacity:
+                self._reject(record.stream_id, "late", f"data {(frontier - end) / self.fs:.0f} s older than the station's newest (beyond the buffer)")
+                return
+            if start - frontier > self.jump_samples:
+                self._time_jump(station, record.stream_id, (start - frontier) / self.fs)
+            else:
+                while self._at_risk(station, end):
+                    self._run_batch()
         for cause in feed.push(record):
             self._irregular(record.stream_id, cause)
         self.stats.records += 1
         self.stats.samples += len(record.samples)
-        station: Station = feed.group.owner  # type: ignore[attr-defined]
         now = time.time()
         station.last_data_ns = max(station.last_data_ns, record.end_ns)
         station.last_arrival = now
@@ -149,22 +192,57 @@ class Pipeline:
         if self.observer is not None:
             self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
         self._advance(station, final=False)
-        while len(self.queue) >= self.config.inference.batch_size or self._at_risk(station):
+        while self._at_risk(station):
             self._run_batch()
-        return self._take()
 
-    def _at_risk(self, station: Station) -> bool:
+    @staticmethod
+    def _frontier(station: Station) -> int | None:
+        """Index one past the station's newest sample (None before its first record)."""
+        return max((f for f in station.buffer.filled_to if f is not None), default=None)
+
+    def _at_risk(self, station: Station, frontier: int | None = None) -> bool:
         """Would waiting for a fuller batch let this station's buffer overwrite a pending window?
 
-        Keeps memory bounded by ``buffer_seconds`` even when data arrives faster
-        than batches fill (replay as fast as possible, backfill after an outage).
+        ``frontier``: the station's data end after the record about to be written
+        (default: now). Keeps memory bounded by ``buffer_seconds`` even when data
+        arrives faster than batches fill (replay as fast as possible, backfill after
+        an outage, a gap shorter than a restart).
         """
         blocks = station.scheduler.blocks
-        if not blocks or not blocks[0].pending:
+        if not blocks or not blocks[0].pending or not self.queue:
             return False
         oldest = blocks[0].start + blocks[0].pending[0]
-        frontier = max(f for f in station.buffer.filled_to if f is not None)
+        if frontier is None:
+            frontier = self._frontier(station)
         return frontier - oldest > station.buffer.capacity - 2 * self.in_samples
+
+    def _time_jump(self, station: Station, stream_id: str, seconds: float) -> None:
+        """Close the station's data where it ended (exact picks, as at a gap), then restart it empty."""
+        self.stats.time_jumps += 1
+        self._log_once(stream_id, "time_jump", f"data jumps {seconds:.0f} s ahead of the station's newest: block closed, station restarted at the new time (counted)")
+        for feed in self.feeds.values():
+            if feed.group is station.buffer:
+                feed.end_segment()
+        self._advance(station, final=True)
+        while self.queue:
+            self._run_batch()
+        self._reset_station(station)
+
+    def _reset_station(self, station: Station) -> None:
+        """Forget the station's data, blocks and trigger state; its queued windows are dropped."""
+        if any(w.group is station for w in self.queue):
+            self.queue = deque(w for w in self.queue if w.group is not station)
+        for feed in self.feeds.values():
+            if feed.group is station.buffer:
+                feed.drop_segment()
+        station.buffer.reset()
+        station.scheduler.reset()
+        station.acc[:] = 0.0
+        station.cnt[:] = 0
+        for picker in station.pickers.values():
+            picker.state[:] = 0.0
+        station.arrivals.clear()
+        station.last_data_ns = 0
 
     def poll(self, now: float | None = None) -> list[Pick]:
         """Run a partial batch once its oldest window waited ``max_wait_s`` (real-time mode)."""
@@ -175,11 +253,21 @@ class Pipeline:
         return self._take()
 
     def flush(self) -> list[Pick]:
-        """End of data: close every segment and block (SeisBench's last window), emit all picks."""
+        """End of data (replay end, dial-up END): close every segment and block, emit all picks.
+
+        Blocks end at the data edge with SeisBench's end-aligned window, exactly as
+        ``annotate`` on the whole data. Not for shutdown while data goes on: see :meth:`drain`.
+        """
         for feed in self.feeds.values():
-            feed.end_segment()
+            try:
+                feed.end_segment()
+            except Exception as exc:  # noqa: BLE001 - one channel must not stop the others
+                self._record_failed(feed, exc)
         for station in self.stations.values():
-            self._advance(station, final=True)
+            try:
+                self._advance(station, final=True)
+            except Exception as exc:  # noqa: BLE001
+                self._station_failed(station, exc)
         while self.queue:
             self._run_batch()
         for station in self.stations.values():
@@ -187,11 +275,86 @@ class Pipeline:
         self.stats.short_blocks = sum(s.scheduler.short_blocks for s in self.stations.values())
         return self._take()
 
-    def _valid(self, record: Record) -> bool:
-        rate = record.sampling_rate
-        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-            self._reject(record.stream_id, "bad_sampling_rate", f"sampling rate {rate!r}")
+    def drain(self) -> list[Pick]:
+        """Shutdown while data goes on: run every queued window, return only picks final by streaming rules.
+
+        No block or trigger is closed at the data frontier, so nothing truncated is
+        published; what is held back is rebuilt after a restart from the re-fed
+        context (see :meth:`resume_points`).
+        """
+        while self.queue:
+            self._run_batch()
+        return self._take()
+
+    # ----------------------------------------------------------------- resume
+    def resume_points(self) -> dict[str, dict]:
+        """Per station key, where a restarted pipeline must resume to publish exactly the same picks.
+
+        ``anchor``: an absolute index of the window grid of the oldest unfinished
+        block (window starts are anchor + k*step); ``picked_to``: the lowest index a
+        pick not yet emitted can start at (the start of a trigger still open, else
+        how far picking got); ``pick_from``: that per phase; ``sampling_rate``: the
+        model rate the indices are counted in. JSON-serialisable.
+        """
+        points: dict[str, dict] = {}
+        for key, station in self.stations.items():
+            sched = station.scheduler
+            if sched.blocks:
+                block = sched.blocks[0]
+                anchor, picked_to = block.grid, block.picked_to
+            elif sched.scanned_to is not None:
+                anchor = picked_to = sched.scanned_to  # between blocks: everything up to here is done
+            else:
+                continue
+            pick_from = {}
+            for k, picker in station.pickers.items():
+                since = picker.open_since
+                pick_from[self.labels[k]] = picked_to if since is None else min(since, picked_to)
+            points[key] = {
+                "anchor": int(anchor),
+                "picked_to": int(min(pick_from.values(), default=picked_to)),
+                "pick_from": pick_from,
+                "sampling_rate": self.fs,
+            }
+        return points
+
+    def restore(self, points: dict[str, dict]) -> None:
+        """Before feeding: align each station's first block to the saved window grid and picking position.
+
+        Applies to a station whose first block starts at least one window before its
+        ``picked_to`` (else that station starts as usual, logged); a point saved at
+        another model sampling rate is ignored (logged). Picks below ``picked_to``
+        were handled before the restart and are not made again.
+        """
+        for key, point in points.items():
+            try:
+                if float(point["sampling_rate"]) != self.fs:
+                    log.warning("%s: resume point at %s Hz ignored: the model runs at %s Hz", key, point["sampling_rate"], self.fs)
+                    continue
+                picked_to = int(point["picked_to"])
+                pick_from = {str(k): int(v) for k, v in point.get("pick_from", {}).items()}
+                resume = Resume(anchor=int(point["anchor"]), picked_to=picked_to, pick_from=pick_from)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s: resume point %r ignored: %s", key, point, exc)
+                continue
+            station = self.stations.get(key)
+            if station is not None:
+                station.scheduler.resume = resume
+            else:
+                self._resume[key] = resume
+
+    # ----------------------------------------------------------------- checks
+    def _valid(self, record: Record, feed: ChannelFeed) -> bool:
+        if time.monotonic() < feed.quarantined_until:
+            self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
             return False
+        rate = record.sampling_rate
+        if not isinstance(rate, (int, float)) or (rate != feed.sampling_rate and rate != self.fs):
+            try:
+                dsp.resample_ratio(float(rate), self.fs)
+            except (TypeError, ValueError) as exc:
+                self._reject(record.stream_id, "unsupported_sampling_rate", str(exc))
+                return False
         samples = record.samples
         if samples.ndim != 1 or samples.dtype.kind not in "iuf":
             self._reject(record.stream_id, "bad_samples", f"samples of dtype {samples.dtype} shape {samples.shape}")
@@ -232,10 +395,12 @@ class Pipeline:
     def _new_station(self, key: str) -> Station:
         buffer = GroupBuffer(key, len(self.engine.model.component_order), self.capacity, self.fs)
         n_classes = len(self.labels)
+        scheduler = WindowScheduler(self.in_samples, self.step, self.config.inference.block_end == "exact", name=key)
+        scheduler.resume = self._resume.pop(key, None)
         station = Station(
             key=key,
             buffer=buffer,
-            scheduler=WindowScheduler(self.in_samples, self.step, self.config.inference.block_end == "exact"),
+            scheduler=scheduler,
             acc=np.zeros((n_classes, self.capacity), dtype=np.float64),
             cnt=np.zeros((n_classes, self.capacity), dtype=np.int32),
             pickers={i: TriggerPicker(self.thresholds[label]) for i, label in enumerate(self.labels) if label in self.thresholds},
@@ -263,33 +428,45 @@ class Pipeline:
         self._finalize(station)
 
     def _run_batch(self) -> None:
+        """Run up to one batch of queued windows and stack them.
+
+        If gathering or inference raises, the batch's windows are dropped (counted in
+        ``stats.windows_failed``, logged): their samples are stacked from the other
+        windows covering them, or stay empty (no pick there), and streaming goes on.
+        """
         n = min(len(self.queue), self.config.inference.batch_size)
         windows = [self.queue.popleft() for _ in range(n)]
         batch = self._batch[:n]
         valid: set[int] = set()
-        for i, win in enumerate(windows):
-            buf = win.group.buffer
-            frontier = max(f for f in buf.filled_to if f is not None)
-            if frontier - win.start > buf.capacity:
-                self.stats.windows_dropped += 1
-                self._log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
-                continue
-            self.engine.gather(buf.data, buf.have, np.array([win.start], dtype=np.int64), batch[i:i + 1])
-            valid.add(i)
-        t0 = time.perf_counter()
-        preds = self.engine.predict(batch)
-        seconds = time.perf_counter() - t0
-        self.stats.batches += 1
-        self.stats.windows += n
-        self.stats.inference_seconds += seconds
-        if self.observer is not None:
-            self.observer.on_batch(n, seconds)
+        preds = None
+        try:
+            for i, win in enumerate(windows):
+                buf = win.group.buffer
+                if self._frontier(win.group) - win.start > buf.capacity:
+                    self.stats.windows_dropped += 1
+                    self._log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
+                    continue
+                self.engine.gather(buf.data, buf.have, np.array([win.start], dtype=np.int64), batch[i:i + 1])
+                valid.add(i)
+            t0 = time.perf_counter()
+            preds = self.engine.predict(batch)
+            seconds = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the pipeline
+            self.stats.windows_failed += n
+            log.warning("inference of a batch of %d windows failed, windows dropped (counted): %r", n, exc, exc_info=("*", "batch") not in self._logged)
+            self._logged.add(("*", "batch"))
+        else:
+            self.stats.batches += 1
+            self.stats.windows += n
+            self.stats.inference_seconds += seconds
+            if self.observer is not None:
+                self.observer.on_batch(n, seconds)
         touched: dict[int, Station] = {}
         for i, win in enumerate(windows):
             station: Station = win.group  # type: ignore[assignment]
             block = win.block
             block.pending.popleft()
-            if i in valid:
+            if preds is not None and i in valid:
                 skip = max(0, block.stack_floor - win.start)
                 dsp.stack_window(station.acc, station.cnt, win.start + skip, preds[i, skip:], self.use_max)
             touched[id(station)] = station
@@ -298,6 +475,13 @@ class Pipeline:
 
     # ---------------------------------------------------------------- picking
     def _finalize(self, station: Station) -> None:
+        """Pick the station's newly final samples; an error restarts only this station (counted)."""
+        try:
+            self._pick_final(station)
+        except Exception as exc:  # noqa: BLE001 - one station must not stop the others
+            self._station_failed(station, exc)
+
+    def _pick_final(self, station: Station) -> None:
         sched = station.scheduler
         while sched.blocks:
             block = sched.blocks[0]
@@ -308,7 +492,10 @@ class Pipeline:
                 if self.on_stacked is not None:
                     self.on_stacked(station.key, block.picked_to, values)
                 for k, picker in station.pickers.items():
-                    for trig in picker.scan(values[k], block.picked_to):
+                    skip = 0
+                    if block.pick_from is not None:  # resumed block: this phase was picked up to here
+                        skip = min(max(0, block.pick_from.get(self.labels[k], 0) - block.picked_to), values.shape[1])
+                    for trig in picker.scan(values[k, skip:], block.picked_to + skip):
                         self._emit(station, block, k, trig)
                 block.picked_to = final_to
             if not block.done:
@@ -326,9 +513,10 @@ class Pipeline:
 
     def _emit(self, station: Station, block: Block, cls: int, trig) -> None:
         offset = station.buffer.offset_ns(block.start, trig.peak)
-        rel = trig.peak - block.start
-        first = max(0, -(-(rel - self.in_samples + 1) // self.step)) * self.step
-        last = min(rel // self.step * self.step, (block.end or trig.peak + 1) - self.in_samples)
+        # windows covering the peak: regular ones on the block's grid, or the end-aligned one
+        rel = trig.peak - block.grid
+        first = block.grid + max(0, -(-(rel - self.in_samples + 1) // self.step)) * self.step
+        last = min(block.grid + rel // self.step * self.step, (block.end or trig.peak + 1) - self.in_samples)
         last = max(last, first)
         pick = Pick(
             stream_id=station.pick_id,
@@ -341,8 +529,8 @@ class Pipeline:
             model_id=self.loaded.model_id,
             model_version=self.loaded.version,
             window_ns=(
-                self.index_to_ns(block.start + first, offset),
-                self.index_to_ns(block.start + last + self.in_samples - 1, offset),
+                self.index_to_ns(first, offset),
+                self.index_to_ns(last + self.in_samples - 1, offset),
             ),
         )
         self.stats.picks += 1
@@ -361,6 +549,23 @@ class Pipeline:
         if self.observer is not None:
             self.observer.on_rejected(stream_id, cause)
         self._log_once(stream_id, cause, f"record rejected: {detail}")
+
+    def _record_failed(self, feed: ChannelFeed, exc: Exception) -> None:
+        """A record raised: reject it (``processing_error``), restart the channel's segment, quarantine if it keeps failing."""
+        feed.drop_segment()
+        feed.failures += 1
+        self._reject(feed.stream_id, "processing_error", f"processing failed: {exc!r}")
+        if feed.failures >= self.config.stream.quarantine_after:
+            feed.failures = 0
+            feed.quarantined_until = time.monotonic() + self.config.stream.quarantine_s
+            log.warning("%s: quarantined for %.0f s after %d consecutive processing errors (last: %r)", feed.stream_id, self.config.stream.quarantine_s, self.config.stream.quarantine_after, exc)
+
+    def _station_failed(self, station: Station, exc: Exception) -> None:
+        """Scheduling or picking of a station raised: restart it empty; the others go on."""
+        self.stats.station_errors += 1
+        log.warning("%s: station restarted after an error in scheduling or picking (counted): %r", station.key, exc, exc_info=(station.key, "station_error") not in self._logged)
+        self._logged.add((station.key, "station_error"))
+        self._reset_station(station)
 
     def _irregular(self, stream_id: str, cause: str) -> None:
         if self.observer is not None:

@@ -87,7 +87,7 @@ def test_unknown_and_broken_records_are_rejected_once(loaded, caplog):
     with caplog.at_level(logging.WARNING, logger="rtpick.pipeline"):
         pipe, picks = run(loaded, bad)
     assert picks == []
-    assert pipe.stats.rejected == {"unknown_component": 1, "bad_stream_id": 1, "channel_not_selected": 1, "bad_sampling_rate": 1, "non_finite": 1, "bad_samples": 1}
+    assert pipe.stats.rejected == {"unknown_component": 1, "bad_stream_id": 1, "channel_not_selected": 1, "unsupported_sampling_rate": 1, "non_finite": 1, "bad_samples": 1}
     assert sum("XX.ABC..HHX" in r.message for r in caplog.records) == 1
 
 

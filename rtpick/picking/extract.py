@@ -74,6 +74,11 @@ class TriggerPicker:
         self.threshold = threshold
         self.state = np.zeros(8, dtype=np.float64)
 
+    @property
+    def open_since(self) -> int | None:
+        """Start index of the trigger still on, None when off (where a resumed scan must restart)."""
+        return int(self.state[_S0]) if self.state[_ACTIVE] != 0.0 else None
+
     def scan(self, values: np.ndarray, base: int) -> list[Trigger]:
         """Consume final samples ``values`` (absolute index of the first: ``base``)."""
         if len(values) == 0:

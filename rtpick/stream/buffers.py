@@ -132,13 +132,25 @@ class GroupBuffer:
                 self.filled_to[component] = ready
 
     def coverage(self, start: int, stop: int) -> np.ndarray:
-        """Boolean per index in ``[start, stop)``: does any component have data there?"""
+        """Boolean per index in ``[start, stop)``: does any component have data there?
+
+        At most ``capacity`` indices: older ones are no longer in the ring (the caller
+        must never ask for more, so the cost never grows with a time gap).
+        """
         i0, n = start % self.capacity, stop - start
+        if n > self.capacity:
+            raise ValueError(f"{self.key}: coverage of {n} samples asked, the ring holds {self.capacity}")
         if i0 + n <= self.capacity:
             return self.have[:, i0:i0 + n].any(axis=0)
-        if n <= self.capacity:
-            return np.concatenate([self.have[:, i0:].any(axis=0), self.have[:, :i0 + n - self.capacity].any(axis=0)])
-        return self.have[:, np.arange(start, stop) % self.capacity].any(axis=0)
+        return np.concatenate([self.have[:, i0:].any(axis=0), self.have[:, :i0 + n - self.capacity].any(axis=0)])
+
+    def reset(self) -> None:
+        """Forget all data (time jump beyond the ring, or a fault): O(capacity), never O(gap)."""
+        self.have[:] = False
+        self.filled_to = [None] * len(self.filled_to)
+        self.segments = []
+        self.floor = 0
+        self.first_index = None
 
     def offset_ns(self, first: int, last: int) -> float:
         """Mean sub-sample offset of the segments overlapping ``[first, last]`` (SeisBench's t_offset)."""
@@ -179,6 +191,8 @@ class ChannelFeed:
     seg_base: int = 0  # grid index of the segment's first model-rate sample
     seg_offset_ns: float = 0.0
     resampler: Resampler | None = None
+    failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
+    quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
     counters: dict = field(default_factory=lambda: {"records": 0, "samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})
 
     def push(self, record: Record) -> list[str]:
@@ -221,6 +235,11 @@ class ChannelFeed:
         """Close the current segment (gap, rate change, end of data): flush the resampler."""
         if self.resampler is not None and self.seg_n_in:
             self._write(self.resampler.finish())
+        self.resampler = None
+        self.expected_ns = None
+
+    def drop_segment(self) -> None:
+        """Forget the current segment without flushing (after a fault or a station restart)."""
         self.resampler = None
         self.expected_ns = None
 

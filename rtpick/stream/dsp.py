@@ -14,6 +14,7 @@ to a few percent of the model forward.
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numba
@@ -180,6 +181,29 @@ def _kaiser(x: np.ndarray, half: int, beta: float) -> np.ndarray:
     return np.i0(beta * np.sqrt(1.0 - r * r)) / np.i0(beta)
 
 
+MAX_DECIMATION = 20  # fs_in / fs_out; the filter design grows with it (2 kHz for a 100 Hz model)
+MAX_INTERPOLATION = 100  # fs_out / fs_in (1 Hz for a 100 Hz model)
+
+
+def resample_ratio(fs_in: float, fs_out: float) -> Fraction:
+    """``fs_out / fs_in`` as a small fraction; ValueError (with the reason) if it cannot be resampled.
+
+    Supported: finite positive rates whose ratio is rational with a denominator of
+    at most 1000 (to 1e-9) and within ``MAX_DECIMATION``/``MAX_INTERPOLATION``;
+    e.g. 99.99 Hz or 39.9999 Hz are not (such a rate is a wrong header, not a real
+    digitiser rate), nor are 0 Hz or 1 MHz.
+    """
+    if not (math.isfinite(fs_in) and fs_in > 0):
+        raise ValueError(f"sampling rate {fs_in!r} Hz is not a positive finite number")
+    x = fs_out / fs_in
+    if not 1 / MAX_DECIMATION <= x <= MAX_INTERPOLATION:
+        raise ValueError(f"cannot resample {fs_in} Hz to {fs_out} Hz: supported are {fs_out / MAX_INTERPOLATION:g} to {fs_out * MAX_DECIMATION:g} Hz")
+    ratio = Fraction(x).limit_denominator(1000)
+    if abs(float(ratio) - x) > 1e-9:
+        raise ValueError(f"cannot resample {fs_in} Hz to {fs_out} Hz with a rational ratio")
+    return ratio
+
+
 class Resampler:
     """Streaming rational resampler from ``fs_in`` to ``fs_out`` for one contiguous segment.
 
@@ -199,9 +223,7 @@ class Resampler:
     """
 
     def __init__(self, fs_in: float, fs_out: float, response: str = "seisbench", zero_crossings: int = 16, beta: float = 8.6):
-        ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-        if abs(float(ratio) - fs_out / fs_in) > 1e-9:
-            raise ValueError(f"cannot resample {fs_in} Hz to {fs_out} Hz with a rational ratio")
+        ratio = resample_ratio(fs_in, fs_out)
         self.up, self.down = ratio.numerator, ratio.denominator
         self.half = int(np.ceil(zero_crossings * max(1.0, self.down / self.up)))
         self.table = _design_table(self.up, self.down, _response(response, fs_in, fs_out), self.half, beta)

@@ -13,16 +13,23 @@ window length of the data frontier are held back, so the end-aligned window of
 a gap or of the end of data is stacked exactly as SeisBench does; in ``fast``
 mode picks come up to one stride earlier and the end-aligned window only adds to
 samples that are not yet final (documented difference at gaps and end of data).
+
+Resume: a restarted pipeline may align its first block to the window grid of the
+run before the restart (:class:`Resume`), so that re-fed context yields exactly
+the windows, stacked values and picks of an uninterrupted run from ``picked_to``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rtpick.stream.buffers import GroupBuffer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, eq=False)
@@ -34,7 +41,9 @@ class Block:
     next_offset: int = 0  # next regular window offset, relative to start
     pending: deque = field(default_factory=deque)  # offsets of scheduled, not yet stacked windows
     picked_to: int = 0  # absolute index up to which stacked values went to the pickers
-    stack_floor: int = 0  # windows stack only at or after this absolute index (fast mode end window)
+    stack_floor: int = 0  # windows stack only at or after this absolute index (fast mode end window, resume)
+    grid: int = 0  # absolute index regular windows are counted from: start, or a resumed run's anchor
+    pick_from: dict[str, int] | None = None  # resumed block: phase -> first index its picker may see
 
     @property
     def done(self) -> bool:
@@ -51,18 +60,39 @@ class Window:
     queued_at: float = 0.0  # monotonic time the window became due (for max-wait batching)
 
 
+@dataclass(slots=True, frozen=True)
+class Resume:
+    """Where a run before a restart stood (see ``Pipeline.resume_points``).
+
+    ``anchor``: an absolute index on its window grid (window starts are anchor + k*step);
+    ``picked_to``: no pick may be made below it; ``pick_from``: per phase, where its
+    picker restarts (the start of a trigger still open, else the block's picked_to).
+    """
+
+    anchor: int
+    picked_to: int
+    pick_from: dict[str, int]
+
+
 class WindowScheduler:
     """Finds blocks in a group's coverage and emits due windows in order."""
 
-    def __init__(self, in_samples: int, step: int, exact_block_end: bool = True):
+    def __init__(self, in_samples: int, step: int, exact_block_end: bool = True, name: str = ""):
         if step <= 0:
             raise ValueError(f"window step must be positive (overlap too large): {step}")
         self.in_samples = in_samples
         self.step = step
         self.exact = exact_block_end
+        self.name = name  # station key, for log lines
         self.scanned_to: int | None = None
         self.blocks: deque[Block] = deque()
         self.short_blocks = 0
+        self.resume: Resume | None = None  # applied to the first block, then dropped
+
+    def reset(self) -> None:
+        """Forget every block (station restarted after a time jump or a fault); O(1)."""
+        self.scanned_to = None
+        self.blocks.clear()
 
     @property
     def open_block(self) -> Block | None:
@@ -80,6 +110,14 @@ class WindowScheduler:
             self.scanned_to = min(firsts)
         pos = self.scanned_to
         buf.expire(ready)
+        if ready - pos > buf.capacity:
+            # Only the newest `capacity` samples are still in the ring (the pipeline restarts a
+            # station before a jump this large; this keeps the scan O(capacity) regardless).
+            block = self.open_block
+            if block is not None:
+                self._schedule_regular(block, pos, due)
+                self._close(block, pos, due)
+            pos = ready - buf.capacity
         while pos < ready:
             cov = buf.coverage(pos, ready)
             block = self.open_block
@@ -97,7 +135,7 @@ class WindowScheduler:
                     pos = ready
                     break
                 pos += int(hits[0])
-                self.blocks.append(Block(start=pos, picked_to=pos, stack_floor=pos))
+                self.blocks.append(self._open(pos))
         self.scanned_to = pos
         buf.floor = pos
         block = self.open_block
@@ -113,6 +151,25 @@ class WindowScheduler:
             self._close(block, self.scanned_to, due)
         return due
 
+    def _open(self, start: int) -> Block:
+        """A new block at ``start``; the first one after a restart follows the saved :class:`Resume`.
+
+        Resuming needs ``picked_to >= start + in_samples``: samples closer to the block
+        start are covered by fewer windows than in the uninterrupted run.
+        """
+        block = Block(start=start, picked_to=start, stack_floor=start, grid=start)
+        resume, self.resume = self.resume, None
+        if resume is None:
+            return block
+        if not start + self.in_samples <= resume.picked_to:
+            log.info("%s: not resuming at index %d: data starts at %d, less than one window before it", self.name, resume.picked_to, start)
+            return block
+        block.next_offset = (resume.anchor - start) % self.step
+        block.grid = start + block.next_offset
+        block.picked_to = block.stack_floor = resume.picked_to
+        block.pick_from = dict(resume.pick_from)
+        return block
+
     def _schedule_regular(self, block: Block, frontier: int, due: list) -> None:
         while block.start + block.next_offset + self.in_samples <= frontier:
             block.pending.append(block.next_offset)
@@ -120,6 +177,11 @@ class WindowScheduler:
             block.next_offset += self.step
 
     def _close(self, block: Block, end: int, due: list) -> None:
+        if not self.exact:
+            # samples the regular windows already made final: the end-aligned window adds only
+            # above them (computed while the block is still open: with no window pending,
+            # final_to of a closed block is its end and the end window would stack nothing)
+            floor = self.final_to(block)
         block.end = end
         length = end - block.start
         if length < self.in_samples:
@@ -132,7 +194,7 @@ class WindowScheduler:
         if last + self.in_samples < length:
             offset = length - self.in_samples
             if not self.exact:
-                block.stack_floor = self.final_to(block)
+                block.stack_floor = max(block.stack_floor, floor)
             block.pending.append(offset)
             due.append((block, block.start + offset))
 
