@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections import deque
 from types import SimpleNamespace
@@ -131,3 +132,90 @@ def test_ingest_collector():
     assert value("rtpick_ingest_errors_total", {"cause": "timeout"}) == 2
     assert value("rtpick_ingest_state", {"state": "streaming"}) == 1
     assert value("rtpick_ingest_state", {"state": "backoff"}) == 0
+
+
+def _series(registry: CollectorRegistry) -> int:
+    return sum(len(f.samples) for f in registry.collect())
+
+
+def test_station_labels_are_capped():
+    """10,000 station ids: per-station series stop growing at metrics.max_station_labels."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, process=False, max_station_labels=100)
+    stations = {}
+    for i in range(10_000):
+        key = f"XX.S{i:04d}"
+        metrics.on_record(f"{key}..HHZ", 100, 0.5)
+        metrics.on_gap(f"{key}..HHZ")
+        stations[f"{key}..HH?"] = SimpleNamespace(
+            key=f"{key}..HH?", last_arrival=1000.0 - (i == 9_999) * 500, last_data_ns=int(990e9),
+            buffer=SimpleNamespace(filled_to=[10, 10, 10], capacity=1000, floor=0))
+    pipeline = SimpleNamespace(stations=stations, queue=deque(), stats=SimpleNamespace(windows_dropped=0))
+    registry.register(PipelineCollector(pipeline, live_after_s=60, clock=lambda: 1000.0, labels=metrics.station_label))
+    labels = {s.labels["station"] for f in registry.collect() for s in f.samples if "station" in s.labels}
+    assert len(labels) == 101 and "_other" in labels and "XX.S0000" in labels and "XX.S0100" not in labels
+    value = registry.get_sample_value
+    assert value("rtpick_records_total", {"station": "_other"}) == 9_900  # nothing lost, only aggregated
+    assert value("rtpick_gaps_total", {"station": "_other"}) == 9_900
+    assert value("rtpick_station_last_data_age_seconds", {"station": "_other"}) == 500  # the worst of them
+    assert value("rtpick_stations") == 10_000 and value("rtpick_stations_live") == 9_999
+    assert _series(registry) < 2_000  # 11 series per label (counters with _created); uncapped: >110,000
+
+
+def test_default_station_label_cap_matches_config():
+    from rtpick.config import Config
+    from rtpick.publish.metrics import DEFAULT_MAX_STATION_LABELS
+
+    assert Config().metrics.max_station_labels == DEFAULT_MAX_STATION_LABELS
+    with pytest.raises(ConfigError, match=r"metrics\.max_station_labels"):
+        parse_config({"metrics": {"max_station_labels": 0}})
+
+
+def test_http_endpoint_bounds_half_open_connections_and_closes_promptly():
+    """200 connections that never send a request: a bounded number of threads, 503 for the rest,
+    scrapes work again once they go, and closing the server ends the ones still open."""
+    import socket
+    import threading
+
+    from rtpick.publish.metrics import HTTP_MAX_CONCURRENT
+
+    registry = CollectorRegistry()
+    Metrics(registry).on_record("OK.SIO..HHZ", 100, 0.5)
+    before = threading.active_count()
+    server, thread = start_http_server("127.0.0.1:0", registry, timeout_s=120)  # no slot frees itself during the test
+    port = server.server_address[1]
+    held = []
+    try:
+        for _ in range(200):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for _ in range(200):  # bounded wait until the server has accepted every connection
+            if server.rejected >= 200 - HTTP_MAX_CONCURRENT:
+                break
+            threading.Event().wait(0.05)
+        assert server.rejected == 200 - HTTP_MAX_CONCURRENT
+        assert threading.active_count() <= before + 1 + HTTP_MAX_CONCURRENT
+        for sock in held[HTTP_MAX_CONCURRENT:]:
+            assert sock.recv(100).startswith(b"HTTP/1.0 503")
+        for sock in held[HTTP_MAX_CONCURRENT:]:
+            sock.close()
+        for sock in held[:1]:  # one slot freed: the next scrape is served
+            sock.close()
+        for _ in range(100):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                break
+            except urllib.error.HTTPError:
+                threading.Event().wait(0.05)
+        assert "rtpick_records_total" in text
+    finally:
+        server.shutdown()
+        server.server_close()  # shuts the half-open connections down: their threads end now
+        thread.join(5)
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.01)
+    assert not thread.is_alive() and threading.active_count() <= before
+    for sock in held[1:HTTP_MAX_CONCURRENT]:
+        assert sock.recv(100) == b""  # closed by the server, not by its timeout
+        sock.close()

@@ -297,9 +297,11 @@ def rtpick_version() -> str:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Per-request handler: socket timeout, no access log (Prometheus scrapes every few seconds)."""
+    """Per-request handler: the server's socket timeout, no access log (Prometheus scrapes every few seconds)."""
 
-    timeout = HTTP_TIMEOUT_S
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass
@@ -315,8 +317,11 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     block_on_close = False  # the open connections are shut down instead (server_close)
+    request_queue_size = 128  # listen backlog: a burst is accepted (and answered 503) at once
 
-    def __init__(self, address: tuple[str, int], max_concurrent: int = HTTP_MAX_CONCURRENT) -> None:
+    def __init__(self, address: tuple[str, int], max_concurrent: int = HTTP_MAX_CONCURRENT,
+                 timeout_s: float = HTTP_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
         self.address_family = socket.getaddrinfo(address[0] or None, address[1], type=socket.SOCK_STREAM)[0][0]
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._open: set[socket.socket] = set()
@@ -328,7 +333,7 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(blocking=False):
             self.rejected += 1
             try:
-                request.settimeout(HTTP_TIMEOUT_S)
+                request.settimeout(self.timeout_s)
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
@@ -366,8 +371,8 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
                     pass
 
 
-def start_http_server(listen: str, registry: CollectorRegistry,
-                      max_concurrent: int = HTTP_MAX_CONCURRENT) -> tuple[BoundedMetricsServer, threading.Thread]:
+def start_http_server(listen: str, registry: CollectorRegistry, max_concurrent: int = HTTP_MAX_CONCURRENT,
+                      timeout_s: float = HTTP_TIMEOUT_S) -> tuple[BoundedMetricsServer, threading.Thread]:
     """Serve ``registry`` at ``http://listen/metrics``; :class:`MetricsError` names ``metrics.listen``.
 
     Returns ``(server, thread)``; stop with ``server.shutdown(); server.server_close()``.
@@ -376,7 +381,7 @@ def start_http_server(listen: str, registry: CollectorRegistry,
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:
-        server = BoundedMetricsServer((host, int(port)), max_concurrent)
+        server = BoundedMetricsServer((host, int(port)), max_concurrent, timeout_s)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise MetricsError(f"metrics.listen: cannot serve metrics on {listen!r}: {reason}") from None
