@@ -187,3 +187,25 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path):
         for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=rtpick", "StateDirectory=",
                        "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "ExecReload=/bin/kill -HUP $MAINPID"):
             assert needed in text, f"{unit.name} lacks {needed}"
+
+
+def _unit_bytes(value: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+@pytest.mark.parametrize("name", ["rtpick.service", "rtpick@.service"])
+def test_units_bound_memory_and_outwait_the_drain(name):
+    """MemoryHigh below MemoryMax, both above the measured need of a 500-station network (873 MiB);
+    TimeoutStopSec longer than the daemon's drain + pipeline join + ZeroMQ linger."""
+    import inspect
+
+    from rtpick.config import Config
+    from rtpick.service.daemon import Daemon
+
+    text = (REPO / "systemd" / name).read_text()
+    keys = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    high, high_max = _unit_bytes(keys["MemoryHigh"]), _unit_bytes(keys["MemoryMax"])
+    assert 873 << 20 < high < high_max
+    drain = inspect.signature(Daemon.__init__).parameters["drain_timeout_s"].default
+    assert int(keys["TimeoutStopSec"]) > drain + 10 + Config().publish.linger_s
