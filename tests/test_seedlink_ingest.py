@@ -380,3 +380,193 @@ def test_server_without_info_gets_the_wildcard_as_is(caplog, fno):
     assert [r.stream_id for r, _ in consumer.items] == ["OK.FNO.01.HHZ"]
     assert "STATION F* OK" in server.requests
     assert _logged(caplog, "info_failed") == 1
+
+
+# ---------------------------------------------------------------------------- bad records, poison packets
+def _mseed(start_ns: int, rate: float, data: np.ndarray, sid: str = "FDSN:OK_FNO_01_H_H_Z") -> bytes:
+    """One 512-byte miniSEED 2 record (INT32 or FLOAT32 by the samples' dtype)."""
+    from pymseed import DataEncoding, MS3Record
+
+    msr = MS3Record()
+    msr.sourceid, msr.reclen, msr.formatversion, msr.starttime, msr.samprate = sid, 512, 2, start_ns, rate
+    msr.encoding = DataEncoding.FLOAT32 if data.dtype.kind == "f" else DataEncoding.INT32
+    (record,) = msr.generate(data_samples=data, sample_type="f" if data.dtype.kind == "f" else "i")
+    return record
+
+
+def _collect(scenario, streams: list[str], want: int, timeout: float = 15.0):
+    """Ingest from a FakeServer until ``want`` records came (or the timeout); stopped either way."""
+    server = FakeServer(scenario)
+    ingest = SeedLinkIngest(_cfg(server.port, streams=streams, netto_s=1.0, begin_time="2013-06-16T15:37:00Z"))
+    consumer = Consumer(ingest)
+    try:
+        consumer.wait_for(want, timeout)
+        time.sleep(0.3)  # anything more that should not come
+    finally:
+        consumer.stop()
+        server.stop()
+    return consumer.ingest, consumer.items
+
+
+_YEAR_2099_NS = 4_084_000_000 * 10**9
+
+
+@pytest.mark.parametrize(("name", "make_bad", "cause"), [
+    ("dated 2099", lambda p: _mseed(_YEAR_2099_NS, 100.0, np.arange(100, dtype=np.int32)), "future_time"),
+    ("dated +1 day", lambda p: _mseed(p[2].start_ns + 86_400 * 10**9, 100.0, np.arange(100, dtype=np.int32)), "time_jump"),
+    # 100 NaN samples at 1 Hz: ends 100 s later, after ~25 genuine records (moved the dedupe position before)
+    ("NaN", lambda p: _mseed(p[2].start_ns, 1.0, np.full(100, np.nan, dtype=np.float32)), "non_finite"),
+])
+def test_bad_record_does_not_poison_the_channel(caplog, fno, name, make_bad, cause):
+    """A bad record between genuine ones: rejected by cause, and every genuine record after it still comes."""
+    caplog.set_level(logging.INFO, logger="rtpick")
+    pkts, _ = fno
+    genuine = pkts[:30]
+    assert genuine[2].seq > genuine[1].seq + 1  # a free sequence number for the bad record
+
+    def scenario(conn, n, requests):
+        if n == 1:
+            bad = b"SL%06X" % (genuine[1].seq + 1) + make_bad(genuine)
+            conn.sendall(b"".join(_packet(p) for p in genuine[:2]) + bad + b"".join(_packet(p) for p in genuine[2:]))
+        time.sleep(1.5)
+
+    ingest, items = _collect(scenario, ["OK_FNO"], want=len(genuine))
+    assert [r.start_ns for r, _ in items] == [p.start_ns for p in genuine], name
+    assert ingest.guard.rejected == {cause: 1}
+    assert ingest.chan_end["OK.FNO.01.HHZ"] == genuine[-1].end_ns  # what the state file would get
+    assert ingest.stats.duplicates == 0
+
+
+@pytest.mark.parametrize(("rate", "expect"), [(99.99, 100.0), (39.9999, 40.0), (0.0, None), (1e6, None)])
+def test_odd_sampling_rates_are_snapped_or_rejected(fno, rate, expect):
+    pkts, _ = fno
+    genuine = pkts[:5]
+
+    def scenario(conn, n, requests):
+        if n == 1:
+            odd = b"SL%06X" % (genuine[-1].seq + 1) + _mseed(genuine[-1].end_ns, rate, np.arange(100, dtype=np.int32))
+            conn.sendall(b"".join(_packet(p) for p in genuine) + odd)
+        time.sleep(1.5)
+
+    ingest, items = _collect(scenario, ["OK_FNO"], want=len(genuine) + (expect is not None))
+    assert [r.start_ns for r, _ in items[:5]] == [p.start_ns for p in genuine]
+    if expect is None:
+        assert len(items) == 5 and ingest.guard.rejected == {"bad_sampling_rate": 1}
+    else:
+        assert [r.sampling_rate for r, _ in items] == [100.0] * 5 + [expect] and ingest.guard.rejected == {}
+
+
+def _wanted_seqs(requests: list[str]) -> dict[str, int]:
+    """NET_STA -> first sequence number the client's latest request for it asks for (0: from a time)."""
+    wanted, station = {}, None
+    for cmd in requests:
+        words = cmd.split()
+        if words[0] == "STATION":
+            station = f"{words[2]}_{words[1]}"
+        elif words[0] == "DATA" and len(words) > 1:
+            wanted[station] = int(words[1], 16)
+        elif words[0] in ("DATA", "TIME"):
+            wanted[station] = 0
+    return wanted
+
+
+def _doy_400(p) -> bytes:
+    raw = bytearray(p.data)
+    raw[22:24] = (400).to_bytes(2, "big")  # BTIME day of year (big-endian records)
+    return bytes(raw)
+
+
+def _bad_encoding(p) -> bytes:
+    raw = bytearray(p.data)
+    assert raw[48:50] == (1000).to_bytes(2, "big")  # blockette 1000 first: encoding at byte 52
+    raw[52] = 99
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(("name", "payload", "causes"), [
+    ("not miniSEED", lambda p: b"x" * 512, {"not_miniseed"}),
+    ("day of year 400", _doy_400, {"not_miniseed", "bad_record"}),
+    ("unknown encoding", _bad_encoding, {"bad_record"}),
+])
+def test_poison_packet_resent_forever_is_skipped(caplog, archive, fno, name, payload, causes):
+    """The server re-sends a bad packet at one sequence number whenever asked from before it: skipped once."""
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    pkts, _ = fno
+    x34 = [p for p in archive.packets() if p.station == "OK_X34A" and p.cha == "HHZ"][:8]
+    fno8 = pkts[:8]
+    poison_seq = fno8[3].seq + 1
+    stream = sorted([(p.end_ns, "OK_FNO", p.seq, _packet(p)) for p in fno8] + [(p.end_ns, "OK_X34A", p.seq, _packet(p)) for p in x34]
+                    + [(fno8[3].end_ns + 1, "OK_FNO", poison_seq, b"SL%06X" % poison_seq + payload(fno8[4]))])
+    sent = []
+
+    def scenario(conn, n, requests):
+        wanted = _wanted_seqs(requests)
+        for _, station, seq, data in stream:
+            if seq >= wanted.get(station, 0):
+                sent.append(seq if station == "OK_FNO" and seq == poison_seq else None)
+                conn.sendall(data)
+        time.sleep(1.5)
+
+    ingest, items = _collect(scenario, ["OK_FNO", "OK_X34A"], want=len(fno8) + len(x34))
+    got = defaultdict(list)
+    for record, _ in items:
+        got[record.stream_id].append(record.start_ns)
+    assert got["OK.FNO.01.HHZ"] == [p.start_ns for p in fno8], name  # every station progresses, nothing twice
+    assert got["OK.X34A..HHZ"] == [p.start_ns for p in x34]
+    assert sent.count(poison_seq) == 1  # skipped, never asked for again
+    assert sum(ingest.stats.errors.get(c, 0) for c in causes) == 1, ingest.stats.errors
+    assert sum(_logged(caplog, c) for c in causes) == 1
+
+
+# ---------------------------------------------------------------------------- selectors against the server
+@pytest.mark.parametrize(("text", "want"), [
+    ("OK_KAY1 TA_TUL1", [("OK_KAY1", ()), ("TA_TUL1", ())]),
+    ("OK_KAY1,TA_TUL1", [("OK_KAY1", ()), ("TA_TUL1", ())]),
+    ("OK_FNO:HH? BH?,OK_*", [("OK_FNO", ("HH?", "BH?")), ("OK_*", ())]),
+    (" OK_FNO:HH?  BH? OK_* ,, TA_TUL1:00HHZ ", [("OK_FNO", ("HH?", "BH?")), ("OK_*", ()), ("TA_TUL1", ("00HHZ",))]),
+    (["OK_KAY1 TA_TUL1", "OK_FNO:HHZ EHZ"], [("OK_KAY1", ()), ("TA_TUL1", ()), ("OK_FNO", ("HHZ", "EHZ"))]),
+])
+def test_selectors_split_on_commas_and_whitespace(text, want):
+    assert [(s.station, s.channels) for s in parse_selectors(text)] == want
+
+
+@pytest.mark.parametrize("text", ["", "  , ", []])
+def test_empty_selector_list_is_an_error(text):
+    with pytest.raises(ValueError, match="--streams"):
+        parse_selectors(text)
+
+
+@pytest.mark.parametrize("text", ["HHZ OK_FNO", "OK_FNO HHZ", "FNO"])
+def test_channel_list_without_its_station_is_an_error(text):
+    with pytest.raises(ValueError, match="NET_STA"):
+        parse_selectors(text)
+
+
+def test_no_selector_matching_is_an_error_logged_and_retried(caplog, archive):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    with ServerThread(archive, port=0) as server:
+        ingest = SeedLinkIngest(_cfg(server.port, streams=["XX_NONE", "YY_*"]))
+        consumer = Consumer(ingest)
+        deadline = time.monotonic() + 15
+        while ingest.stats.connects < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert consumer.thread.is_alive()  # never gives up
+        consumer.stop()
+    assert ingest.stats.connects >= 3 and consumer.items == []
+    assert ingest.stats.missing_stations == {"XX_NONE", "YY_*"}
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "XX_NONE YY_*" in errors[0] and f":{server.port}" in errors[0]
+
+
+def test_one_missing_station_is_a_warning(caplog, archive):
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    with ServerThread(archive, port=0) as server:
+        ingest = SeedLinkIngest(_cfg(server.port, streams=["OK_FNO:HHZ", "XX_GONE"], begin_time="2013-06-16T15:37:00Z"))
+        consumer = Consumer(ingest)
+        consumer.wait_for(5, timeout=20)
+        consumer.stop()
+    assert len(consumer.items) >= 5 and ingest.stats.connects == 1
+    assert ingest.stats.missing_stations == {"XX_GONE"}
+    assert ingest.stats.errors["station_rejected"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("[XX_GONE]" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -50,7 +50,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -106,6 +106,14 @@ class RecordGuard(Generic[P]):
 
     def check(self, record: Record, position: P = None) -> list[tuple[Record, P]]:
         """What goes downstream now: ``[]`` (rejected or held), the record, or a held record and this one."""
+        screened = self.screen(record)
+        return [] if screened is None else self.place(screened, position)
+
+    def screen(self, record: Record) -> Record | None:
+        """The checks of the record alone: the record with its rate snapped, or None (rejected, counted).
+
+        A caller that needs ``record.end_ns`` before :meth:`place` (the SeedLink dedupe) calls this first.
+        """
         rate = snap_rate(record.sampling_rate, self.max_rate)
         if rate is None:
             return self._reject(record, "bad_sampling_rate", f"sampling rate {record.sampling_rate!r} Hz is not within "
@@ -117,6 +125,10 @@ class RecordGuard(Generic[P]):
             return self._reject(record, "non_finite", "NaN or infinite samples")
         if record.start_ns > self.clock() + self.max_future_ns:
             return self._reject(record, "future_time", f"starts more than {self.max_future_ns / NS_PER_S:g} s after the wall clock")
+        return record
+
+    def place(self, record: Record, position: P = None) -> list[tuple[Record, P]]:
+        """The time checks of a screened record against its channel and station (see the module docstring)."""
         chan = self._channels.get(record.stream_id)
         if chan is None:
             chan = self._channels[record.stream_id] = _Channel()
@@ -129,13 +141,15 @@ class RecordGuard(Generic[P]):
         if chan.end_ns is None:
             ref = self._station_end.get(_station(record.stream_id))
             if ref is not None and not ref - self.max_jump_ns <= record.start_ns <= ref + self.max_jump_ns:
-                return self._reject(record, "time_jump", "first record far from the other channels of its station")
+                self._reject(record, "time_jump", "first record far from the other channels of its station")
+                return []
             return self._accept(chan, record, position)
         if record.start_ns > chan.end_ns + self.max_jump_ns:
             chan.held = (record, position)
             return []
         if record.end_ns < chan.end_ns - self.max_jump_ns:
-            return self._reject(record, "time_jump", "older than the channel's recent data (stale)")
+            self._reject(record, "time_jump", "older than the channel's recent data (stale)")
+            return []
         return self._accept(chan, record, position)
 
     def filter(self, records: Iterator[Record]) -> Iterator[Record]:
@@ -163,7 +177,8 @@ class RecordGuard(Generic[P]):
         self._station_end[key] = max(self._station_end.get(key, end), end)
         return [(record, position)]
 
-    def _reject(self, record: Record, cause: str, detail: str) -> list[Any]:
+    def _reject(self, record: Record, cause: str, detail: str) -> None:
+        """Count, tell the observer, log once per (stream, cause)."""
         self.rejected[cause] = self.rejected.get(cause, 0) + 1
         if self.observer is not None:
             self.observer.on_rejected(record.stream_id, cause)
@@ -172,7 +187,6 @@ class RecordGuard(Generic[P]):
             self._logged.add(key)
             log.warning("%s: record rejected (%s): %s; start %d ns, %d samples (logged once per stream and cause)",
                         record.stream_id, cause, detail, record.start_ns, len(record.samples))
-        return []
 
 
 def _station(stream_id: str) -> str:

@@ -430,7 +430,10 @@ class SeedLinkIngest:
         if samples.size == 0 or rec.sampletype not in ("i", "f", "d"):
             self._advance(key, seq)
             return []  # log/calibration/empty records carry no waveform
-        record = Record(stream_id, int(rec.starttime), float(rec.samprate), samples)
+        record = self.guard.screen(Record(stream_id, int(rec.starttime), float(rec.samprate), samples))
+        if record is None:
+            self._advance(key, seq)  # rejected (counted by the guard): resume goes past it, the dedupe position stays
+            return []
         done = self.committed.get(stream_id)
         if self.warmup_ns and done is not None and record.end_ns <= done:
             if record.end_ns <= self.chan_end.get(stream_id, 0):
@@ -455,8 +458,8 @@ class SeedLinkIngest:
             self.seq[key] = seq
 
     def _guarded(self, record: Record, position: Position) -> list[tuple[Record, Position]]:
-        """What the guard lets through now; only that moves the channel's dedupe position."""
-        items = self.guard.check(record, position)
+        """What the guard's time checks let through now; only that moves the channel's dedupe position."""
+        items = self.guard.place(record, position)
         for accepted, (_, seq) in items:
             self.chan_end[accepted.stream_id] = max(accepted.end_ns, self.chan_end.get(accepted.stream_id, 0))
             if seq < 0:
