@@ -43,9 +43,9 @@ def read_picks(path: Path) -> list[dict]:
     return out
 
 
-def replay_picks(paths: list[str], config: Path, workdir: Path, timeout_s: float = 600) -> list[dict]:
+def replay_picks(paths: list[str], config: Path, workdir: Path, name: str = "replay", timeout_s: float = 600) -> list[dict]:
     """``rtpick replay`` of ``paths``: the reference every live run is compared with."""
-    out, err = workdir / "replay.out", workdir / "replay.err"
+    out, err = workdir / f"{name}.out", workdir / f"{name}.err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.run([sys.executable, "-m", "rtpick", "replay", *paths, "--config", str(config),
                                "--progress", "never"], cwd=REPO, env=rtpick_env(), stdout=o, stderr=e, timeout=timeout_s)

@@ -115,11 +115,32 @@ def _redated(data: bytes, start_ns: int) -> bytes:
 
 
 def _with_rate(data: bytes, rate: float) -> bytes:
+    """The record at ``rate`` Hz. A rate that needs blockette 100 leaves less room for data: the
+    samples that no longer fit are lost (a short record; compare with :func:`with_nominal_rate`)."""
     if rate == 0:  # ObsPy refuses to write it; a data logger can still send it
         return data[:32] + struct.pack(">hh", 0, 0) + data[36:]
     trace = _trace(data)
     trace.stats.sampling_rate = rate
     return _write(trace, "STEIM2")
+
+
+def with_nominal_rate(data: bytes, rate: int) -> bytes:
+    """The same record claiming exactly ``rate`` Hz: header factor/multiplier and any blockette 100.
+
+    What a snapped ``"rate"`` fault must be equivalent to (the reference for tests):
+    the same samples at the same time, only the rate differs.
+    """
+    out = bytearray(data)
+    out[32:36] = struct.pack(">hh", rate, 1)
+    offset = struct.unpack(">H", out[46:48])[0]
+    for _ in range(8):  # a 512-byte record holds few blockettes; bound the walk over a corrupt chain
+        if not 48 <= offset <= RECLEN - 8:
+            break
+        kind, following = struct.unpack(">HH", out[offset:offset + 4])
+        if kind == 100:
+            out[offset + 4:offset + 8] = struct.pack(">f", rate)
+        offset = following
+    return bytes(out)
 
 
 def _with_nan(data: bytes) -> bytes:
