@@ -413,6 +413,16 @@ def test_silent_client_times_out_before_streaming(archive):
         assert _closed(raw.sock) == b""  # then silent: closed
         raw.close()
         assert _until(server, lambda s: not s.sessions)
+        trickle = Raw(server.port)  # a byte now and then is not a command
+        for _ in range(20):
+            try:
+                trickle.sock.sendall(b"H")
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert _closed(trickle.sock) == b""
+        trickle.close()
+        assert _until(server, lambda s: not s.sessions)
         # streaming outlives the handshake timeout: a client that reads is never cut off
         reader = Raw(server.port)
         reader.sock.sendall(b"STATION X34A OK\rSELECT HHZ\rTIME 2013,06,16,00,00,00\rEND\r")

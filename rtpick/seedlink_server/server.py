@@ -136,6 +136,7 @@ class Session:
         answering ``ERROR``) and when a client that is not streaming yet stays
         silent for ``handshake_timeout_s``.
         """
+        deadline = time.monotonic() + self.server.handshake_timeout_s  # for the whole line, not per byte
         while True:
             ends = [i for i in (self._buf.find(b"\r"), self._buf.find(b"\n")) if i >= 0]
             if ends:
@@ -150,11 +151,11 @@ class Session:
                 continue
             if len(self._buf) > MAX_LINE:
                 self._too_long()
-            timeout = None if self.streaming.is_set() else self.server.handshake_timeout_s
+            timeout = None if self.streaming.is_set() else max(deadline - time.monotonic(), 0.0)
             try:
                 chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
             except TimeoutError:
-                raise ClientGone(f"no command within {timeout:g} s") from None
+                raise ClientGone(f"no complete command within {self.server.handshake_timeout_s:g} s") from None
             if not chunk:
                 return None
             self._buf += chunk
