@@ -40,10 +40,33 @@ def configure(path: str | None, overrides: Callable[[Config], Config] | None = N
 
 
 def load_configured_model(config: Config):
-    """The configured model, or a :class:`StartupError` naming the spec."""
-    from rtpick.inference.models import ModelError, load_model
+    """The configured model, or a :class:`StartupError` naming the spec; applies its defaults to ``config``.
 
+    The pipeline runs one model (the implicit ``default`` region) until it runs one
+    lane per region, so ``[[regions]]`` are refused here rather than ignored. The
+    lane's resolved settings — overlap, stacking, blinding, thresholds and buffer
+    length derived from the model unless the file sets them (see
+    :func:`rtpick.inference.regions.build_lane_specs`) — are written back into the
+    ``[inference]``/``[picking]``/``[stream]`` options the pipeline reads, so a 50 Hz
+    model gets SeisBench's overlap in its own samples and an adapted model its thresholds.
+    """
+    from rtpick.inference.models import ModelError, load_model
+    from rtpick.inference.regions import RegionError, build_lane_specs
+
+    if config.regions:
+        names = ", ".join(region.name for region in config.regions)
+        raise StartupError(EXIT_CONFIG, f"config error: [[regions]] ({names}) are not run by this version's pipeline yet (one model for all stations); `rtpick models --config FILE` shows what they resolve to. Remove them to run with [inference].")
     try:
-        return load_model(config.inference.model, config.inference.device)
+        loaded = load_model(config.inference.model, config.inference.device)
     except ModelError as exc:
         raise StartupError(EXIT_MODEL, f"model error: {exc}") from None
+    try:
+        (lane,) = build_lane_specs(config, {(config.inference.model, config.inference.device): loaded})
+    except RegionError as exc:
+        raise StartupError(EXIT_CONFIG, f"config error: {exc}") from None
+    config.inference.overlap_s = lane.overlap / lane.fs
+    config.inference.stacking = lane.stacking
+    config.inference.blinding_samples = lane.blinding
+    config.picking.thresholds = dict(lane.thresholds)
+    config.stream.buffer_seconds = lane.buffer_samples / lane.fs
+    return loaded
