@@ -349,11 +349,11 @@ class Pipeline:
             self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
             return False
         rate = record.sampling_rate
-        if not isinstance(rate, (int, float)) or (rate != feed.sampling_rate and rate != self.fs):
+        if rate != self.fs and not (rate == feed.sampling_rate and feed.sampling_rate > 0):  # a segment's rate was checked at its start
             try:
                 dsp.resample_ratio(float(rate), self.fs)
             except (TypeError, ValueError) as exc:
-                self._reject(record.stream_id, "unsupported_sampling_rate", str(exc))
+                self._reject(record.stream_id, "unsupported_sampling_rate", f"unsupported sampling rate: {exc}")
                 return False
         samples = record.samples
         if samples.ndim != 1 or samples.dtype.kind not in "iuf":

@@ -87,7 +87,7 @@ class WindowScheduler:
         self.scanned_to: int | None = None
         self.blocks: deque[Block] = deque()
         self.short_blocks = 0
-        self.resume: Resume | None = None  # applied to the first block, then dropped
+        self.resume: Resume | None = None  # applied to blocks starting below its picked_to, then dropped
 
     def reset(self) -> None:
         """Forget every block (station restarted after a time jump or a fault); O(1)."""
@@ -152,16 +152,23 @@ class WindowScheduler:
         return due
 
     def _open(self, start: int) -> Block:
-        """A new block at ``start``; the first one after a restart follows the saved :class:`Resume`.
+        """A new block at ``start``; blocks after a restart that start below the saved ``picked_to`` resume.
 
-        Resuming needs ``picked_to >= start + in_samples``: samples closer to the block
-        start are covered by fewer windows than in the uninterrupted run.
+        A resumed block keeps the saved window grid and makes no pick below
+        ``picked_to`` (blocks of the re-fed context that end before it make none at
+        all). Resuming needs ``picked_to >= start + in_samples``: samples closer to the
+        block start are covered by fewer windows than in the uninterrupted run; such a
+        block starts as usual (logged).
         """
         block = Block(start=start, picked_to=start, stack_floor=start, grid=start)
-        resume, self.resume = self.resume, None
+        resume = self.resume
         if resume is None:
             return block
-        if not start + self.in_samples <= resume.picked_to:
+        if start >= resume.picked_to:
+            self.resume = None
+            return block
+        if start + self.in_samples > resume.picked_to:
+            self.resume = None
             log.info("%s: not resuming at index %d: data starts at %d, less than one window before it", self.name, resume.picked_to, start)
             return block
         block.next_offset = (resume.anchor - start) % self.step
