@@ -365,7 +365,7 @@ def _lane_spec(config: Config, region: RegionConfig, prefix: str, loaded_models:
                 f"its lane needs two windows plus one step = {needed} samples = {needed / fs:g} s at {fs:g} Hz (or leave it unset)"
             )
     else:
-        buffer, buffer_src = max(int(round(DEFAULT_BUFFER_S * fs)), needed), "default (120 s, at least two windows plus one step)"
+        buffer, buffer_src = max(int(round(DEFAULT_BUFFER_S * fs)), needed), "default: 120 s, at least two windows plus one step"
     if problems:
         raise RegionError(problems)
     return LaneSpec(
