@@ -186,6 +186,7 @@ class SeedLinkIngest:
                     yield item
                 if self.dialup and not self._stop.is_set():
                     log.info("server %s:%d sent END (dial-up): all queued data received", self.host, self.port)
+                    self.guard.flush()  # the end of the data: an unconfirmed time jump stays out (counted)
                     return
             except _FramingLost:
                 pass  # counted where it was found; reconnect and resume after the packet
@@ -348,7 +349,7 @@ class SeedLinkIngest:
             self.stats.packets += 1
             yield from self._decode(frame)
 
-    def _read_frame(self, conn: SeedLink):
+    def _read_frame(self, conn: SeedLink) -> object:
         """``conn._recv_frame()``, except that a data packet whose payload is not miniSEED is skipped.
 
         Returns the frame, None (dial-up END) or ``_SKIPPED``; raises :class:`_FramingLost` when the
