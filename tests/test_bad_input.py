@@ -109,3 +109,20 @@ def test_config_error_exits_cleanly(tmp_path, oklahoma_dir):
     cfg.write_text("[inference]\nbatch_size = 0\n")
     out = subprocess.run([sys.executable, "-m", "rtpick", "replay", str(oklahoma_dir), "--config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"{cfg}:2: key 'inference.batch_size'" in out.stderr
+
+
+def test_rate_zero_and_unresamplable_rates_are_counted_and_logged(loaded, caplog):
+    t0 = 1_600_000_000 * NS_PER_S
+    good = np.ones(400, dtype=np.int32)
+    bad = [
+        Record("XX.ABC..HHZ", t0, 0.0, np.zeros(0, dtype=np.int32)),  # rate 0 (e.g. a log record): not silent
+        Record("XX.ABC..HHZ", t0, 0.0, good),
+        Record("XX.DEF..HHZ", t0, 99.99, good),  # no rational ratio to 100 Hz
+        Record("XX.DEF..HHZ", t0, 1e6, good),  # far above the model rate
+    ]
+    with caplog.at_level(logging.WARNING, logger="rtpick.pipeline"):
+        pipe, picks = run(loaded, bad)
+    assert picks == []
+    assert pipe.stats.rejected == {"unsupported_sampling_rate": 4}
+    for sid in ("XX.ABC..HHZ", "XX.DEF..HHZ"):
+        assert sum(sid in r.message and "unsupported sampling rate" in r.message for r in caplog.records) == 1

@@ -231,3 +231,22 @@ def test_restart_from_resume_points_republishes_exactly(loaded, records, clean, 
     union = set(map(key, before)) | set(map(key, after))
     assert sorted(union) == sorted(map(key, clean[1]))
     assert len({(p.stream_id, p.phase, p.time_ns) for p in before + after}) == len(union)
+
+
+def test_scheduler_scan_is_bounded_by_the_ring_whatever_the_gap():
+    """Even fed a jump directly (no pipeline restart), the scheduler scans at most the ring."""
+    from rtpick.stream.buffers import GroupBuffer
+    from rtpick.stream.windows import WindowScheduler
+
+    buf = GroupBuffer("XX.ABC..HH?", 3, 12_000, 100.0)
+    sched = WindowScheduler(3001, 1501)
+    buf.write(0, 0, np.ones(5000, dtype=np.float32), 0.0)
+    due = sched.advance(buf, 5000)
+    far = 43 * 365 * 86400 * 100  # 43 years of samples later
+    buf.write(0, far, np.ones(500, dtype=np.float32), 0.0)
+    due += sched.advance(buf, far + 500)
+    assert sched.scanned_to == far + 500
+    assert len(sched.blocks) == 2 and sched.blocks[0].end == 5000
+    assert len(due) <= 3  # two regular windows and the end-aligned one of the first block
+    with pytest.raises(ValueError, match="ring holds"):
+        buf.coverage(0, far)
