@@ -3,10 +3,8 @@
 Command-line options override the config file (as with slinktool):
 ``--seedlink HOST:PORT`` → ``seedlink.server``, ``--streams`` → ``seedlink.streams``
 (slinktool ``-S`` syntax: ``'OK_FNO:HH?,OK_*:BH? EH?'``), ``--state-file``,
-``--begin-time``. ``--dialup`` fetches what the server holds (SeedLink ``FETCH``)
-and stops at its ``END``: the end of the data, so the pipeline is flushed as
-``rtpick replay`` does (backfills, tests); a live daemon's SIGTERM drains instead
-(final picks only). Picks go to stdout as ``rtpick.pick/1`` JSON lines only with
+``--begin-time``. SIGTERM drains: only final picks are published, nothing cut
+at the data edge (the next start completes them). Picks go to stdout as ``rtpick.pick/1`` JSON lines only with
 ``--stdout``: under systemd stdout is the journal, and a blocked stdout would
 stall the pipeline thread; the daemon's outputs are ZeroMQ (``publish.endpoint``)
 and Prometheus. Logs go to stderr.
@@ -40,8 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", metavar="SELECTORS", help="override seedlink.streams: 'NET_STA[:CHANNELS],...'")
     parser.add_argument("--state-file", help="override seedlink.state_file")
     parser.add_argument("--begin-time", help="override seedlink.begin_time (ISO-8601) for stations without state")
-    parser.add_argument("--dialup", action="store_true", help="SeedLink dial-up (FETCH): stop when the server has sent "
-                        "what it holds, flushing the pipeline at the end of the data")
     parser.add_argument("--stdout", action="store_true", help="print picks as rtpick.pick/1 JSON lines on stdout "
                         "(off by default: a daemon publishes on ZeroMQ)")
     parser.add_argument("--audit-log", metavar="FILE", help="append one line per record handed to the pipeline "
@@ -102,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     guard_s = RESTART_CONTEXT_S - pipeline.in_samples / pipeline.fs
     try:
         ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds,
-                                warmup_s=RESTART_CONTEXT_S, dialup=args.dialup)
+                                warmup_s=RESTART_CONTEXT_S)
         sinks = build_sinks(config, args)
         if config.associate.enabled:  # events on the daemon's ZeroMQ socket, topic 'event' (docs/association.md)
             from rtpick.associate.sink import AssociatorSink
