@@ -43,7 +43,8 @@ MAX_CAUSES = 16  # distinct rejection causes before further ones are counted as 
 # Declared at 0 from the start, so rate()/increase() have data before the first one happens
 # (the pipeline's and the SeedLink client's cause names; others still appear when they occur).
 REJECT_CAUSES = ("bad_sampling_rate", "bad_samples", "non_finite", "bad_stream_id", "channel_not_selected", "unknown_component",
-                 "future_time", "time_jump")
+                 "future_time", "time_jump", "unsupported_sampling_rate", "processing_error", "quarantined", "late",
+                 "no_region")
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 DATA_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
