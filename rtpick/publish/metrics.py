@@ -118,6 +118,9 @@ class Metrics:
         )
         self.events = Counter("rtpick_events_total", "Event messages (every revision), by whether the revision is final.", ["final"], registry=r)
         self.model_info = Gauge("rtpick_model_info", "Loaded models (value 1), with identity labels.", ["region", "model", "version", "sha256"], registry=r)
+        self.model_reload_failures = Counter(
+            "rtpick_model_reload_failures_total", "Model reloads refused (SIGHUP, `rtpick models reload`); the old model kept running, by region.", ["region"], registry=r
+        )
         self.build_info = Gauge("rtpick_build_info", "rtpick build (value 1).", ["version", "python"], registry=r)
         self.start_time = Gauge("rtpick_start_time_seconds", "Unix time the daemon started.", registry=r)
         self.ready = Gauge("rtpick_ready", "1 once models are loaded and ingest is connected, 0 while starting or stopping.", registry=r)
@@ -174,6 +177,18 @@ class Metrics:
     def set_model(self, model_id: str, version: str, sha256: str, region: str = "default") -> None:
         """Declare a loaded model (``rtpick_model_info``)."""
         self.model_info.labels(region, model_id, version, sha256).set(1)
+
+    def swap_model(self, region: str, old: tuple[str, str, str], new: tuple[str, str, str]) -> None:
+        """A region's model was hot-swapped: ``rtpick_model_info`` loses the old (model, version, sha256), gains the new."""
+        try:
+            self.model_info.remove(region, *old)
+        except KeyError:
+            pass  # never declared (a pipeline attached without models)
+        self.set_model(*new, region=region)
+
+    def on_model_reload_failed(self, region: str) -> None:
+        """A reload refused the region's new model (``rtpick_model_reload_failures_total``)."""
+        self.model_reload_failures.labels(region).inc()
 
     def watch(self, pipeline: Any, live_after_s: float = 60.0) -> PipelineCollector:
         """Register the scrape-time collector of ``pipeline``'s state."""
