@@ -59,6 +59,11 @@ write (full or read-only disk) is counted (``stats.state_write_errors``),
 logged at most once a minute, and retried at the next save; the held picks are
 published anyway, since picks matter more than the duplicate a crash during
 the outage could cause.
+Measured (``bench/state_save.py``, 500 stations, 348 KiB): a save takes
+about 7 ms, so one per second costs the pipeline thread under 1 %; a journal
+of pick ids would cost 0.16 ms per batch but needs its own replay and
+compaction, and still an fsync on every batch. Holding picks for the save
+keeps one file and one write path.
 """
 
 from __future__ import annotations
