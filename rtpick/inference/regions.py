@@ -288,6 +288,17 @@ def build_lane_specs(config: Config, loaded_models: Mapping[tuple[str, str], Loa
     return _lane_specs(config, loaded_models, [])
 
 
+def region_lane_spec(config: Config, name: str, loaded_models: Mapping[tuple[str, str], LoadedModel]) -> LaneSpec:
+    """The :class:`LaneSpec` of region ``name`` alone (hot swap: one region's problem must not block the others).
+
+    Resolution as :func:`build_lane_specs`; ``loaded_models`` needs only that region's model.
+    """
+    for region, prefix in effective_regions(config):
+        if region.name == name:
+            return _lane_spec(config, region, prefix, loaded_models)
+    raise RegionError([f"region {name!r}: not in the configuration"])
+
+
 def _lane_specs(config: Config, loaded_models: Mapping[tuple[str, str], LoadedModel], problems: list[str]) -> list[LaneSpec]:
     """Specs of the regions whose model is in ``loaded_models``; raises with ``problems`` plus their own."""
     specs = []
