@@ -165,7 +165,8 @@ def verify(loaded: LoadedModel, spec: LaneSpec, threads: int = 1) -> None:
     batch = np.empty((batch_size, n_comp, n), dtype=np.float32)
     expected = (batch_size, n, len(spec.labels))
     try:
-        engine = InferenceEngine(loaded.model, spec.argdict(), threads, spec.device)
+        argdict = {**(getattr(loaded.model, "default_args", {}) or {}), **spec.argdict()}  # as the lane's engine
+        engine = InferenceEngine(loaded.model, argdict, threads, spec.device)
         engine.gather(data, have, np.zeros(batch_size, dtype=np.int64), batch)
         out = engine.predict(batch)
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model is a refusal, with its reason
