@@ -32,3 +32,5 @@ class AssociatorSettings:
     merge_window_s: float = 20.0  # open events this close in origin time are checked for a merge
     merge_fraction: float = 0.9  # a joint solution must keep this fraction of both events' picks
     max_candidates_per_step: int = 200
+    depth_prior_km: float = 8.0  # locator: regional mean depth, where the network cannot resolve depth
+    depth_prior_sigma_km: float = 8.0  # locator: width of that (weak, Gaussian) prior

@@ -7,10 +7,14 @@ best (node, origin time) cell is refined by a coarse-to-fine grid search that ke
 at most one pick per station and phase (the best fitting one): if the minimum pick
 configuration is met the event is emitted at once and its picks leave the stack,
 so a second event a second later at another place is found next from the remaining
-picks. There is no merge window: events are separated by pick exclusivity alone.
+picks. Events are separated by pick exclusivity alone; the one merge rule joins a
+new candidate to an open event when they share (almost) no station/phase slot and
+one joint solution fits nearly all picks of both (an early, mislocated detection).
 Later picks attach to the open event that predicts them best (replacing a worse
 pick of the same station and phase, which returns to the pool) and trigger
-revisions. See docs/association.md.
+revisions. Every revision is then located by :class:`rtpick.associate.locate.Locator`
+(hypocentre, uncertainties, rejected outliers); the grid solution stays the
+associator's own reference for attaching picks. See docs/association.md.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtpick.associate import kernels
+from rtpick.associate.locate import Locator, LocatorSettings
 from rtpick.associate.settings import AssociatorSettings
 from rtpick.associate.stations import Stations, distance_km
 from rtpick.associate.traveltime import TravelTimeTable
@@ -31,7 +36,8 @@ from rtpick.types import NS_PER_S, Event, Pick
 
 log = logging.getLogger(__name__)
 _PH = {"P": 0, "S": 1}
-__all__ = ["AssociatorSettings", "SwarmAssociator"]
+STAGES = ("ingest", "attach", "relocate", "detect", "expire", "locate")
+__all__ = ["STAGES", "AssociatorSettings", "SwarmAssociator"]
 
 
 @dataclass
@@ -48,6 +54,7 @@ class _OpenEvent:
     radius: float = 0.0  # farthest associated station, km
     dirty: bool = False
     first_seen: float = 0.0
+    rejected: dict = field(default_factory=dict)  # id(pick) -> (pick, residual s) the locator rejected; never swept back
 
 
 class SwarmAssociator:
@@ -60,6 +67,11 @@ class SwarmAssociator:
         self.table = table
         self._index = stations.index()
         self.counters: dict[str, int] = defaultdict(int)
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)  # wall time per stage (metrics)
+        self._locate_pending = 0.0  # locator time inside the current stage (booked as 'locate' instead)
+        self.locator = Locator(stations, table, LocatorSettings(
+            depth_prior_km=self.s.depth_prior_km, depth_prior_sigma_km=self.s.depth_prior_sigma_km,
+            max_depth_km=self.s.max_depth_km))
         self._ids = itertools.count()
         self._base_ns: int | None = None
         n_sta = len(stations)
@@ -186,14 +198,33 @@ class SwarmAssociator:
         if self._base_ns is None:
             return []
         out: list[Event] = []
+        self._locate_pending = 0.0
+        clock = time.perf_counter()
         rows = self._ingest()
         now = self._newest if now_ns is None else max(self._sec(now_ns), self._newest)
         self._update_rates(now)
+        clock = self._lap("ingest", clock)
         self._attach(rows, out)
+        clock = self._lap("attach", clock)
         self._relocate_dirty(out)
+        clock = self._lap("relocate", clock)
         self._detect(now, out)
+        clock = self._lap("detect", clock)
         self._expire(now, out)
+        self._lap("expire", clock)
         return out
+
+    def _lap(self, stage: str, since: float) -> float:
+        """Add the time since ``since`` to a stage (locating inside a stage counts as 'locate' only)."""
+        now = time.perf_counter()
+        self.stage_seconds[stage] += now - since - self._locate_pending
+        self._locate_pending = 0.0
+        return now
+
+    @property
+    def pool_size(self) -> int:
+        """Free picks waiting in the pool (not in an event, not expired)."""
+        return int((self._p_state == 0).sum())
 
     def flush(self) -> list[Event]:
         """Process everything queued and finalise all open events."""
@@ -324,7 +355,7 @@ class SwarmAssociator:
         added = []
         for i in np.flatnonzero(ok)[np.argsort(norm[ok])]:
             key = (int(sta[i]), int(ph[i]))
-            if key not in ev.slots:
+            if key not in ev.slots and id(self._p_obj[free[i]]) not in ev.rejected:
                 ev.slots[key] = int(free[i])
                 added.append(free[i])
         if added:
@@ -541,20 +572,58 @@ class SwarmAssociator:
         ev.pred = t0 + np.stack([self.table(0, d, dep), self.table(1, d, dep)], axis=1) + self._sta_corr
         ev.dist = d
         ev.radius = float(d[self._p_sta[rows]].max()) if len(rows) else 0.0
+        ev.n_at_emit = len(rows)
+        clock = time.perf_counter()
+        rows, res = self._publish_location(ev, np.asarray(rows, np.int64), np.asarray(res, float))
+        self._locate_pending += time.perf_counter() - clock
+        self.stage_seconds["locate"] += time.perf_counter() - clock
         e = ev.event
-        e.latitude, e.longitude, e.depth_km = ev.lat, ev.lon, ev.depth
-        e.origin_time_ns = self._base_ns + int(round(t0 * NS_PER_S))
         e.picks = [(self._p_obj[r], float(x)) for r, x in zip(rows, res)]
         e.picks.sort(key=lambda pr: pr[0].time_ns)
-        rms = float(np.sqrt(np.mean(np.square(res)))) if len(res) else 0.0
-        e.rms_residual_s = rms
         e.score = float(self._p_w[rows].sum())
-        n = max(len(rows) - 4, 1)
-        # crude formal errors: residual spread over the square root of the redundancy
-        e.time_uncertainty_s = rms / np.sqrt(n) + 0.05
-        e.horizontal_uncertainty_km = 6.0 * e.time_uncertainty_s + 0.5
-        e.depth_uncertainty_km = 2.0 * e.horizontal_uncertainty_km
-        ev.n_at_emit = len(rows)
+
+    def _publish_location(self, ev: _OpenEvent, rows: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Locate the event's picks (:class:`Locator`) and put the solution in the event message.
+
+        Rejected picks leave the event's slots and go back to the pool (they may
+        belong to another event); the rows kept and their residuals are returned.
+        Without a solution (too few picks) the grid solution is published with
+        rough errors: residual spread over the redundancy, scaled.
+        """
+        e = ev.event
+        picks = [self._p_obj[r] for r in rows]
+        loc = self.locator.locate(self._p_sta[rows], self._p_ph[rows], self._p_t[rows],
+                                  np.array([p.uncertainty_s for p in picks]),
+                                  self._p_w[rows] if self.s.use_probability else np.ones(len(rows)),
+                                  (ev.lat, ev.lon, ev.depth, ev.t0))
+        e.extra.pop("location", None)
+        if loc is None:
+            e.latitude, e.longitude, e.depth_km = ev.lat, ev.lon, ev.depth
+            e.origin_time_ns = self._base_ns + int(round(ev.t0 * NS_PER_S))
+            rms = float(np.sqrt(np.mean(np.square(res)))) if len(res) else 0.0
+            e.rms_residual_s = rms
+            e.time_uncertainty_s = rms / np.sqrt(max(len(rows) - 4, 1)) + 0.05
+            e.horizontal_uncertainty_km = 6.0 * e.time_uncertainty_s + 0.5
+            e.depth_uncertainty_km = 2.0 * e.horizontal_uncertainty_km
+            return rows, res
+        self.counters["locations"] += 1
+        rejected = rows[~loc.used]
+        if len(rejected):
+            self.counters["picks_rejected_by_locator"] += len(rejected)
+            for r, x in zip(rejected, loc.residuals_s[~loc.used]):
+                ev.slots.pop((int(self._p_sta[r]), int(self._p_ph[r])), None)
+                ev.rejected[id(self._p_obj[r])] = (self._p_obj[r], float(x))
+            self._p_state[rejected] = 0
+            self._vote(rejected, +1.0)
+        e.extra["rejected_picks"] = sorted(ev.rejected.values(), key=lambda pr: pr[0].time_ns)
+        e.latitude, e.longitude, e.depth_km = loc.latitude, loc.longitude, loc.depth_km
+        e.origin_time_ns = self._base_ns + int(round(loc.origin_s * NS_PER_S))
+        e.rms_residual_s = loc.rms_s
+        e.horizontal_uncertainty_km = loc.semi_major_km
+        e.depth_uncertainty_km = loc.depth_uncertainty_km
+        e.time_uncertainty_s = loc.time_uncertainty_s
+        e.extra["location"] = loc.message_fields()
+        return rows[loc.used], loc.residuals_s[loc.used]
 
     def _emit(self, ev: _OpenEvent) -> Event:
         e = ev.event

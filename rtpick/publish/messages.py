@@ -57,8 +57,13 @@ def pick_message(pick: Pick) -> dict[str, Any]:
 
 
 def event_message(event: Event) -> dict[str, Any]:
-    """The ``rtpick.event/1`` document of one revision of an event."""
-    return {
+    """The ``rtpick.event/1`` document of one revision of an event.
+
+    The locator's fields (``error_ellipse``, ``azimuthal_gap_deg``,
+    ``nearest_station_km``, ``locator``, ``rejected_picks``) are optional: present
+    when the revision was located (see rtpick/associate/locate.py).
+    """
+    message = {
         "schema": EVENT_SCHEMA,
         "event_id": event.event_id,
         "revision": int(event.revision),
@@ -90,6 +95,14 @@ def event_message(event: Event) -> dict[str, Any]:
             for pick, residual in event.picks
         ],
     }
+    message.update(event.extra.get("location", {}))
+    if event.extra.get("rejected_picks"):
+        message["rejected_picks"] = [
+            {"pick_id": pick_id(pick), "stream_id": pick.stream_id, "phase": pick.phase,
+             "time": ns_to_iso(pick.time_ns), "residual_s": round(float(residual), 4)}
+            for pick, residual in event.extra["rejected_picks"]
+        ]
+    return message
 
 
 def status_message(
