@@ -52,6 +52,7 @@ class StreamConfig(Section):
         default_factory=lambda: ["HH?", "BH?", "EH?", "HN?", "SH?"],
         description="Channel families to pick on (SEED band+instrument with '?' for the component).",
     )
+    max_future_s: float = Field(300.0, gt=0, description="A record starting more than this many seconds after the wall clock is rejected as 'future_time' (a bogus date, e.g. 2099, must not move a channel's position); the wall clock of the host must be NTP-synchronised.")
     quarantine_after: int = Field(5, ge=1, description="Consecutive records of one channel whose processing fails (an unexpected error, counted as 'processing_error') before the channel is quarantined: its records are then rejected as 'quarantined' for quarantine_s, other channels go on.")
     quarantine_s: float = Field(300.0, ge=0, description="Seconds (wall clock) a quarantined channel's records are rejected before it is tried again.")
     inventory: str = Field("", description="Station inventory for region polygons and `rtpick models`: StationXML (read with ObsPy) or a CSV network,station,latitude,longitude,elevation_m (as [associate] stations); empty = none (regions select by stations globs only, matched at run time).")
