@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "P/S precision, recall, F1, residuals, recall by SNR/magnitude; JSON report + plots."),
     "associate": ("associate", "Associate picks (ZeroMQ or JSON lines) into events; rtpick.event/1 as JSON lines or on ZeroMQ."),
     "distill": ("distill", "Distil a picker into a small fast student on unlabelled target data."),
+    "dataset": ("dataset", "Build a training set from a catalogue (QuakeML/SeisComP XML) and a waveform archive, or from a teacher's picks."),
 }
 
 

@@ -234,16 +234,18 @@ def split_by_event(ts: TraceSet, fractions: tuple[float, float, float] = (0.7, 0
     """Assign ``split`` = train/dev/test by event (all traces of an event in the same split)."""
     if key not in ts.metadata:
         raise DatasetError(f"{ts.source}: cannot split by event: no '{key}' column")
-    events = np.array(sorted(ts.metadata[key].astype(str).unique()))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(events)
-    cuts = np.cumsum(np.asarray(fractions, float) / sum(fractions))[:2] * len(events)
-    cuts = np.round(cuts).astype(int)
-    names = {}
-    for i, ev in enumerate(events):
-        names[ev] = "train" if i < cuts[0] else "dev" if i < cuts[1] else "test"
+    names = assign_splits(sorted(ts.metadata[key].astype(str).unique()), fractions, seed)
     ts.metadata["split"] = ts.metadata[key].astype(str).map(names)
     return ts
+
+
+def assign_splits(keys, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, str]:
+    """Event key → ``train``/``dev``/``test``: a seeded shuffle cut at the fractions (same keys, same answer)."""
+    events = np.array(sorted({str(k) for k in keys}))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(events)
+    cuts = np.round(np.cumsum(np.asarray(fractions, float) / sum(fractions))[:2] * len(events)).astype(int)
+    return {ev: "train" if i < cuts[0] else "dev" if i < cuts[1] else "test" for i, ev in enumerate(events)}
 
 
 def sample_events(ts: TraceSet, n_traces: int, seed: int, key: str = "source_id") -> TraceSet:
