@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -72,7 +71,7 @@ def fake_pipeline(now: float):
         "OK.U32A..HH?": station("OK.U32A..HH?", now - 30, int((now - 40) * 1e9), [9000, 9000, 9000], 8900),
         "OK.NEW..HH?": station("OK.NEW..HH?", 0.0, 0, [None, None, None], 0),
     }
-    return SimpleNamespace(stations=stations, queue=deque([1, 2, 3]), stats=SimpleNamespace(windows_dropped=2))
+    return SimpleNamespace(stations=stations, queued=3, stats=SimpleNamespace(windows_dropped=2))
 
 
 def test_collector_reads_pipeline_state_at_scrape_time():
@@ -150,7 +149,7 @@ def test_station_labels_are_capped():
         stations[f"{key}..HH?"] = SimpleNamespace(
             key=f"{key}..HH?", last_arrival=1000.0 - (i == 9_999) * 500, last_data_ns=int(990e9),
             buffer=SimpleNamespace(filled_to=[10, 10, 10], capacity=1000, floor=0))
-    pipeline = SimpleNamespace(stations=stations, queue=deque(), stats=SimpleNamespace(windows_dropped=0))
+    pipeline = SimpleNamespace(stations=stations, queued=0, stats=SimpleNamespace(windows_dropped=0))
     registry.register(PipelineCollector(pipeline, live_after_s=60, clock=lambda: 1000.0, labels=metrics.station_label))
     labels = {s.labels["station"] for f in registry.collect() for s in f.samples if "station" in s.labels}
     assert len(labels) == 101 and "_other" in labels and "XX.S0000" in labels and "XX.S0100" not in labels

@@ -112,7 +112,8 @@ def test_failed_batch_drops_its_windows_only(loaded, records, clean, monkeypatch
 
 def test_error_in_one_station_picking_restarts_only_that_station(loaded, records, clean, monkeypatch):
     pipe = Pipeline(Config(), loaded)
-    pick_final = pipe._pick_final
+    lane = pipe.lanes["default"]
+    pick_final = lane._pick_final
     failed = []
 
     def flaky(station):
@@ -121,7 +122,7 @@ def test_error_in_one_station_picking_restarts_only_that_station(loaded, records
             raise RuntimeError("simulated picking fault")
         pick_final(station)
 
-    monkeypatch.setattr(pipe, "_pick_final", flaky)
+    monkeypatch.setattr(lane, "_pick_final", flaky)
     pipe, picks = run(loaded, records, pipe=pipe)
     assert failed and pipe.stats.station_errors == 1
     assert sorted(key(p) for p in picks if station_of(p.stream_id) != "SIO") == sorted(key(p) for p in clean[1] if station_of(p.stream_id) != "SIO")
@@ -182,7 +183,7 @@ def test_drain_returns_only_final_picks(loaded, records, clean):
         for rec in records[:cut]:
             picks += pipe.feed(rec)
         picks += pipe.drain()
-        assert not pipe.queue
+        assert not pipe.queued
         assert set(map(key, picks)) <= expected
 
 

@@ -261,16 +261,15 @@ def test_plan_lists_every_problem(tmp_path, pn50):
 
 
 def test_startup_runs_the_default_lane_with_model_derived_settings(pn50, adapted):
-    from rtpick.commands.startup import EXIT_CONFIG, StartupError, load_configured_model
+    from rtpick.commands.startup import EXIT_CONFIG, StartupError, plan_lanes
 
     config = parse_config({"inference": {"model": f"file:{pn50}"}})
-    load_configured_model(config)
-    assert config.inference.overlap_s == 30.0 and config.stream.buffer_seconds == 7503 / 50  # 1500 and 7503 samples at 50 Hz
-    config = parse_config({"inference": {"model": f"file:{adapted}"}})
-    load_configured_model(config)
-    assert config.picking.thresholds == {"P": 0.55, "S": 0.42}
+    (spec,) = plan_lanes(config).specs
+    assert (spec.overlap, spec.buffer_samples, spec.fs) == (1500, 7503, 50.0)  # 30 s and 150.06 s at 50 Hz
+    (spec,) = plan_lanes(parse_config({"inference": {"model": f"file:{adapted}"}})).specs
+    assert dict(spec.thresholds) == {"P": 0.55, "S": 0.42}
     with pytest.raises(StartupError) as err:
-        load_configured_model(parse_config({"stream": {"buffer_seconds": 120.0}, "inference": {"model": f"file:{pn50}"}}))
+        plan_lanes(parse_config({"stream": {"buffer_seconds": 120.0}, "inference": {"model": f"file:{pn50}"}}))
     assert err.value.code == EXIT_CONFIG and "key 'stream.buffer_seconds'" in str(err.value)
-    with pytest.raises(StartupError, match=r"\[\[regions\]\] \(ok\) are not run"):
-        load_configured_model(parse_config({"regions": [{"name": "ok", "stations": ["OK.*.*.*"]}]}))
+    plan = plan_lanes(parse_config({"regions": [{"name": "ok", "stations": ["OK.*.*.*"], "model": f"file:{pn50}"}, {"name": "default"}]}))
+    assert [spec.region for spec in plan.specs] == ["ok", "default"]  # [[regions]] run, one lane each

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.commands import startup
 
     config = startup.configure(args.config)
-    model = startup.load_configured_model(config)
+    plan = startup.plan_lanes(config)
     log = logging.getLogger("rtpick.demo")
 
     from rtpick.ingest.seedlink import SeedLinkIngest
@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
         sl = config.seedlink.model_copy(update={
             "server": f"127.0.0.1:{server.port}", "streams": ["*_*"], "state_file": str(Path(tmp) / "demo.state"),
             "begin_time": ns_to_iso(archive.start_ns), "reconnect_min_s": 0.2})
-        ingest = SeedLinkIngest(sl, horizon_s=config.stream.buffer_seconds)
+        ingest = SeedLinkIngest(sl, horizon_s=startup.horizon_s(plan))
         collected = ListSink()
-        daemon = Daemon(config, ingest, [StdoutSink(), collected], pipeline=Pipeline(config, model),
+        daemon = Daemon(config, ingest, [StdoutSink(), collected], pipeline=Pipeline(config, plan=plan),
                         state_path=sl.state_file, drain_timeout_s=args.timeout)
         log.info("demo: %d stations served on 127.0.0.1:%d (speed %s); daemon connected with begin time %s",
                  len(archive.stations), server.port, args.speed or "max", sl.begin_time)

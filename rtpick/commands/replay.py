@@ -24,16 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = startup.configure(args.config)
-    model = startup.load_configured_model(config)
+    plan = startup.plan_lanes(config)
 
     from rtpick.ingest.replay import ReplayIngest
     from rtpick.pipeline import Pipeline
     from rtpick.publish.messages import pick_message
 
     speed = config.replay.speed if args.speed is None else args.speed
-    pipeline = Pipeline(config, model)
+    pipeline = Pipeline(config, plan=plan)
     ingest = ReplayIngest(args.paths, speed=speed, record_samples=config.replay.record_samples,
-                          max_jump_s=config.stream.buffer_seconds)
+                          max_jump_s=startup.horizon_s(plan))
     records = list(ingest.records()) if speed == 0 else ingest.records()
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     if show:

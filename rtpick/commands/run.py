@@ -85,20 +85,21 @@ def run(args: argparse.Namespace) -> int:
     from rtpick.service.daemon import Daemon
     from rtpick.service.systemd import SystemdHook
 
-    model = startup.load_configured_model(config)
+    plan = startup.plan_lanes(config)
     state_path = resolve_state_file(config.seedlink.state_file, args.config)
     state = load_state(state_path)
     outputs = Outputs(config)  # ZeroMQ, Prometheus, status heartbeat (rtpick.publish)
-    pipeline = Pipeline(config, model, observer=outputs.metrics)
+    pipeline = Pipeline(config, observer=outputs.metrics, plan=plan)
     # after a restart the pipeline is re-fed RESTART_CONTEXT_S of data before the saved position and
     # restored to its saved resume points, so picks that were not final at a kill come out again,
     # bit-identical; the previous process's published picks are suppressed by identity. Stations
     # without a resume point in the state keep the guard: no picks from the first model window of
     # the context (no data before it: edge effects)
-    guard_s = RESTART_CONTEXT_S - pipeline.in_samples / pipeline.fs
+    guard_s = RESTART_CONTEXT_S - max(spec.in_samples / spec.fs for spec in plan.specs)
     try:
-        ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=config.stream.buffer_seconds,
-                                warmup_s=RESTART_CONTEXT_S)
+        ingest = SeedLinkIngest(config.seedlink, resume=state, horizon_s=startup.horizon_s(plan),
+                                warmup_s=RESTART_CONTEXT_S, max_future_s=config.stream.max_future_s)
+        ingest.guard.observer = outputs.metrics  # rejected records counted by cause, like the pipeline's
         sinks = build_sinks(config, args)
         if config.associate.enabled:  # events on the daemon's ZeroMQ socket, topic 'event' (docs/association.md)
             from rtpick.associate.sink import AssociatorSink

@@ -1,4 +1,4 @@
-"""What every picking command does first: config, logging, model, with documented exit codes.
+"""What every picking command does first: config, logging, model lanes, with documented exit codes.
 
 Failures raise :class:`StartupError`; ``rtpick.cli.main`` prints its message and
 exits with its code (2 = configuration, 3 = model), which systemd's
@@ -39,34 +39,31 @@ def configure(path: str | None, overrides: Callable[[Config], Config] | None = N
     return config
 
 
-def load_configured_model(config: Config):
-    """The configured model, or a :class:`StartupError` naming the spec; applies its defaults to ``config``.
+def plan_lanes(config: Config):
+    """The lanes of ``config`` (one per region, models loaded), or a :class:`StartupError` naming region and key.
 
-    The pipeline runs one model (the implicit ``default`` region) until it runs one
-    lane per region, so ``[[regions]]`` are refused here rather than ignored. The
-    lane's resolved settings — overlap, stacking, blinding, thresholds and buffer
-    length derived from the model unless the file sets them (see
-    :func:`rtpick.inference.regions.build_lane_specs`) — are written back into the
-    ``[inference]``/``[picking]``/``[stream]`` options the pipeline reads, so a 50 Hz
-    model gets SeisBench's overlap in its own samples and an adapted model its thresholds.
+    A model that does not load exits 3 (model error); every other problem — inventory,
+    overrides that do not fit the model, a buffer too short for a window — exits 2.
+    The pipeline takes the plan's :class:`~rtpick.inference.regions.LaneSpec` as they
+    are: ``config`` is not changed (model-derived settings live in the specs).
     """
-    from rtpick.inference.models import ModelError, load_model
-    from rtpick.inference.regions import RegionError, build_lane_specs
+    from rtpick.inference.regions import LanePlan, RegionError, RegionRouter, build_lane_specs, load_region_models
 
-    if config.regions:
-        names = ", ".join(region.name for region in config.regions)
-        raise StartupError(EXIT_CONFIG, f"config error: [[regions]] ({names}) are not run by this version's pipeline yet (one model for all stations); `rtpick models --config FILE` shows what they resolve to. Remove them to run with [inference].")
     try:
-        loaded = load_model(config.inference.model, config.inference.device)
-    except ModelError as exc:
+        models = load_region_models(config)
+    except RegionError as exc:
         raise StartupError(EXIT_MODEL, f"model error: {exc}") from None
     try:
-        (lane,) = build_lane_specs(config, {(config.inference.model, config.inference.device): loaded})
+        router = RegionRouter.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise StartupError(EXIT_CONFIG, f"config error: key 'stream.inventory': {exc}") from None
+    try:
+        specs = build_lane_specs(config, models)
     except RegionError as exc:
         raise StartupError(EXIT_CONFIG, f"config error: {exc}") from None
-    config.inference.overlap_s = lane.overlap / lane.fs
-    config.inference.stacking = lane.stacking
-    config.inference.blinding_samples = lane.blinding
-    config.picking.thresholds = dict(lane.thresholds)
-    config.stream.buffer_seconds = lane.buffer_samples / lane.fs
-    return loaded
+    return LanePlan(specs, models, router)
+
+
+def horizon_s(plan) -> float:
+    """Seconds of data the longest lane buffer holds: how far ahead ingest may jump before it is a time jump."""
+    return max(spec.buffer_samples / spec.fs for spec in plan.specs)

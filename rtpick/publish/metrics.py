@@ -175,7 +175,7 @@ class Metrics:
         self.events.labels("true" if final else "false").inc()
 
     def set_model(self, model_id: str, version: str, sha256: str, region: str = "default") -> None:
-        """Declare a loaded model (``rtpick_model_info``)."""
+        """Declare the model a region's lane runs (``rtpick_model_info``; one call per lane)."""
         self.model_info.labels(region, model_id, version, sha256).set(1)
 
     def swap_model(self, region: str, old: tuple[str, str, str], new: tuple[str, str, str]) -> None:
@@ -260,7 +260,7 @@ class PipelineCollector(Collector):
         yield fill
         yield GaugeMetricFamily("rtpick_stations", "Stations seen since start.", value=len(state))
         yield GaugeMetricFamily("rtpick_stations_live", "Stations whose newest data arrived within metrics.live_after_s.", value=live)
-        yield GaugeMetricFamily("rtpick_windows_queued", "Windows waiting for the next batch.", value=len(self.pipeline.queue))
+        yield GaugeMetricFamily("rtpick_windows_queued", "Windows waiting for the next batch.", value=self.pipeline.queued)
         stats = self.pipeline.stats
         yield CounterMetricFamily("rtpick_windows_dropped", "Windows lost to a buffer overrun (data overwritten before inference).", value=stats.windows_dropped)
 

@@ -76,12 +76,11 @@ class Outputs:
         return self
 
     def attach(self, pipeline: Any) -> None:
-        """Read ``pipeline``'s state at scrape time and declare its model."""
+        """Read ``pipeline``'s state at scrape time and declare each lane's model."""
         self.pipeline = pipeline
         self.collector = self.metrics.watch(pipeline, self.config.metrics.live_after_s)
-        loaded = getattr(pipeline, "loaded", None)
-        if loaded is not None:
-            self.metrics.set_model(loaded.model_id, loaded.version, loaded.sha256)
+        for region, lane in getattr(pipeline, "lanes", {}).items():
+            self.metrics.set_model(lane.loaded.model_id, lane.loaded.version, lane.loaded.sha256, region)
 
     def set_ready(self, ready: bool = True) -> None:
         self.state = "running" if ready else self.state

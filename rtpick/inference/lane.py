@@ -1,0 +1,331 @@
+"""One region's model lane: its stations, window queue, batches, stacking and picking.
+
+A :class:`Lane` holds everything that depends on the model: the loaded model and its
+:class:`~rtpick.inference.engine.InferenceEngine`, the model's sampling rate, window
+and step (in the model's own samples), labels, component map, thresholds,
+stacking/blinding, the ring capacity, the window queue and the batch buffer. The
+:class:`~rtpick.pipeline.Pipeline` routes records to stations, each station lives in
+exactly one lane, and the pipeline runs the lanes; windows of different lanes never
+share a batch (each lane forwards through its own model).
+
+The lane's hot path is :meth:`Lane.run_batch`: gather (copy + normalise) of the
+queued windows, one forward pass, stacking. Gathering and stacking are each called
+in one place there, so they can be vectorised without touching the rest.
+
+Hot swap (:meth:`Lane.swap`) replaces the model between two batches: windows
+already queued are computed once, by the new model; the stations, their buffers
+and their window grid stay, so the new model must keep the lane's rate, window,
+step, labels, components and stacking (checked, ``ValueError`` naming the region).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rtpick.inference.engine import InferenceEngine
+from rtpick.inference.models import LoadedModel
+from rtpick.inference.regions import LaneSpec
+from rtpick.picking.extract import TriggerPicker
+from rtpick.stream import dsp
+from rtpick.stream.buffers import ChannelFeed, GroupBuffer, grid_ns
+from rtpick.stream.windows import Block, Window, WindowScheduler
+from rtpick.types import Pick
+
+if TYPE_CHECKING:
+    from rtpick.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Station:
+    """Everything kept for one station's channel family (e.g. OK.W35A..EH?), in its lane."""
+
+    key: str
+    lane: "Lane"
+    buffer: GroupBuffer
+    scheduler: WindowScheduler
+    acc: np.ndarray  # stacked prediction sums (classes, capacity)
+    cnt: np.ndarray  # windows stacked per sample (classes, capacity)
+    pickers: dict[int, TriggerPicker]  # class index -> picker
+    feeds: list[ChannelFeed] = field(default_factory=list)  # the station's channels
+    pick_id: str = ""  # NET.STA.LOC.CHA named on picks: the vertical channel when there is one
+    arrivals: deque = field(default_factory=deque)  # (frontier index, wall time) of recent records
+    last_data_ns: int = 0  # end time of the newest record
+    last_arrival: float = 0.0  # wall time of the newest record
+
+    def frontier(self) -> int | None:
+        """Index one past the station's newest sample (None before its first record)."""
+        return max((f for f in self.buffer.filled_to if f is not None), default=None)
+
+
+def component_map(order: str) -> dict[str, int]:
+    """Component letter -> model input channel; Z12 accepted as ZNE (SeisBench's flexible components)."""
+    mapping = {c: i for i, c in enumerate(order)}
+    for a, b in (("1", "N"), ("2", "E")):
+        if b in mapping:
+            mapping[a] = mapping[b]
+        elif a in mapping:
+            mapping[b] = mapping[a]
+    return mapping
+
+
+# What a swapped-in model must keep: the stations' buffers, window grid and stacked sums depend on it.
+_SWAP_INVARIANTS = ("fs", "in_samples", "step", "labels", "component_order", "stacking", "buffer_samples")
+
+
+class Lane:
+    """One region's model and the stations it serves (see the module docstring).
+
+    ``host`` is the pipeline: the lane counts into its ``stats``, reports to its
+    ``observer``, taps its ``on_stacked`` and appends picks to its output.
+    """
+
+    def __init__(self, spec: LaneSpec, loaded: LoadedModel, host: "Pipeline"):
+        self.host = host
+        self.stations: dict[str, Station] = {}
+        self.queue: deque[Window] = deque()
+        # this lane's own share of the pipeline's inference (benchmarks, status)
+        self.windows = 0
+        self.batches = 0
+        self.inference_seconds = 0.0
+        self._batch_failed = False  # the first failure is logged with its traceback
+        self._install(spec, loaded)
+        stream = host.config.stream
+        self.capacity = spec.buffer_samples
+        self.wait_samples = int(round(stream.component_wait_s * self.fs))
+        # a forward jump larger than this restarts the station (see rtpick.pipeline)
+        self.jump_samples = max(self.capacity // 2, self.wait_samples)
+
+    def _install(self, spec: LaneSpec, loaded: LoadedModel) -> None:
+        """Take ``spec``/``loaded`` as the lane's model, engine and identity."""
+        net = loaded.model
+        self.spec = spec
+        self.loaded = loaded
+        self.region = spec.region
+        self.fs = spec.fs
+        self.in_samples = spec.in_samples
+        self.step = spec.step
+        self.labels = list(spec.labels)
+        self.components = component_map(spec.component_order)
+        self.use_max = spec.stacking == "max"
+        self.thresholds = dict(spec.thresholds)
+        self.batch_size = spec.batch_size
+        argdict = {**(getattr(net, "default_args", {}) or {}), **spec.argdict()}
+        inf = self.host.config.inference
+        self.engine = InferenceEngine(net, argdict, inf.threads, spec.device)
+        self._batch = np.zeros((spec.batch_size, len(spec.component_order), spec.in_samples), dtype=np.float32)
+        self._identity = {"region": spec.region, "model_sha256": loaded.sha256}
+
+    # ------------------------------------------------------------------ stations
+    def new_station(self, key: str) -> Station:
+        """An empty station of this lane."""
+        n_classes = len(self.labels)
+        scheduler = WindowScheduler(self.in_samples, self.step, self.host.config.inference.block_end == "exact", name=key)
+        station = Station(
+            key=key,
+            lane=self,
+            buffer=GroupBuffer(key, len(self.spec.component_order), self.capacity, self.fs),
+            scheduler=scheduler,
+            acc=np.zeros((n_classes, self.capacity), dtype=np.float64),
+            cnt=np.zeros((n_classes, self.capacity), dtype=np.int32),
+            pickers={i: TriggerPicker(self.thresholds[label]) for i, label in enumerate(self.labels) if label in self.thresholds},
+        )
+        station.buffer.owner = station  # type: ignore[attr-defined]
+        self.stations[key] = station
+        return station
+
+    def reset_station(self, station: Station) -> None:
+        """Forget the station's data, blocks and trigger state; its queued windows are dropped."""
+        if any(w.group is station for w in self.queue):
+            self.queue = deque(w for w in self.queue if w.group is not station)
+        for feed in station.feeds:
+            feed.drop_segment()
+        station.buffer.reset()
+        station.scheduler.reset()
+        station.acc[:] = 0.0
+        station.cnt[:] = 0
+        for picker in station.pickers.values():
+            picker.state[:] = 0.0
+        station.arrivals.clear()
+        station.last_data_ns = 0
+
+    # ---------------------------------------------------------------- scheduling
+    def advance(self, station: Station, final: bool) -> None:
+        """Queue the station's windows that are due (all of them when ``final``), pick what is final."""
+        buf = station.buffer
+        seen = [f for f in buf.filled_to if f is not None]
+        if not seen:
+            return
+        ready = max(seen) if final else buf.ready_to(self.wait_samples)
+        scanned = station.scheduler.scanned_to
+        if not final and scanned is not None and ready is not None and ready <= scanned:
+            return  # a leading component moved; nothing new is complete for the station yet
+        due = station.scheduler.advance(buf, ready)
+        if final:
+            due += station.scheduler.finish()
+        if due:
+            now = time.monotonic()
+            self.queue.extend(Window(station, block, start, now) for block, start in due)
+        self.finalize(station)
+
+    def at_risk(self, station: Station, frontier: int | None = None) -> bool:
+        """Would waiting for a fuller batch let this station's buffer overwrite a pending window?
+
+        ``frontier``: the station's data end after the record about to be written
+        (default: now). Keeps memory bounded by the ring even when data arrives
+        faster than batches fill (replay as fast as possible, backfill after an
+        outage, a gap shorter than a restart).
+        """
+        blocks = station.scheduler.blocks
+        if not blocks or not blocks[0].pending or not self.queue:
+            return False
+        oldest = blocks[0].start + blocks[0].pending[0]
+        if frontier is None:
+            frontier = station.frontier()
+        return frontier - oldest > station.buffer.capacity - 2 * self.in_samples
+
+    def batch_due(self) -> bool:
+        """A full batch is queued."""
+        return len(self.queue) >= self.batch_size
+
+    def run_batch(self) -> None:
+        """Run up to one batch of this lane's queued windows and stack them.
+
+        If gathering or inference raises, the batch's windows are dropped (counted in
+        ``stats.windows_failed``, logged): their samples are stacked from the other
+        windows covering them, or stay empty (no pick there), and streaming goes on.
+        """
+        host, stats = self.host, self.host.stats
+        n = min(len(self.queue), self.batch_size)
+        windows = [self.queue.popleft() for _ in range(n)]
+        batch = self._batch[:n]
+        valid: set[int] = set()
+        preds = None
+        try:
+            for i, win in enumerate(windows):  # gather: the one place windows leave the rings
+                buf = win.group.buffer
+                if win.group.frontier() - win.start > buf.capacity:
+                    stats.windows_dropped += 1
+                    host.log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
+                    continue
+                self.engine.gather(buf.data, buf.have, np.array([win.start], dtype=np.int64), batch[i:i + 1])
+                valid.add(i)
+            t0 = time.perf_counter()
+            preds = self.engine.predict(batch)
+            seconds = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the pipeline
+            stats.windows_failed += n
+            log.warning("region %s: inference of a batch of %d windows failed, windows dropped (counted): %r", self.region, n, exc, exc_info=not self._batch_failed)
+            self._batch_failed = True
+        else:
+            stats.batches += 1
+            stats.windows += n
+            stats.inference_seconds += seconds
+            self.batches += 1
+            self.windows += n
+            self.inference_seconds += seconds
+            if host.observer is not None:
+                host.observer.on_batch(n, seconds)
+        touched: dict[int, Station] = {}
+        for i, win in enumerate(windows):  # stack: the one place predictions enter the sums
+            station: Station = win.group  # type: ignore[assignment]
+            block = win.block
+            block.pending.popleft()
+            if preds is not None and i in valid:
+                skip = max(0, block.stack_floor - win.start)
+                dsp.stack_window(station.acc, station.cnt, win.start + skip, preds[i, skip:], self.use_max)
+            touched[id(station)] = station
+        for station in touched.values():
+            self.finalize(station)
+
+    # ---------------------------------------------------------------- picking
+    def finalize(self, station: Station) -> None:
+        """Pick the station's newly final samples; an error restarts only this station (counted)."""
+        try:
+            self._pick_final(station)
+        except Exception as exc:  # noqa: BLE001 - one station must not stop the others
+            self.host.station_failed(station, exc)
+
+    def _pick_final(self, station: Station) -> None:
+        sched = station.scheduler
+        tap = self.host.on_stacked
+        while sched.blocks:
+            block = sched.blocks[0]
+            final_to = sched.final_to(block)
+            if final_to > block.picked_to:
+                values = np.empty((len(self.labels), final_to - block.picked_to), dtype=np.float64)
+                dsp.take_stacked(station.acc, station.cnt, block.picked_to, final_to, self.use_max, values)
+                if tap is not None:
+                    tap(station.key, block.picked_to, values)
+                for k, picker in station.pickers.items():
+                    skip = 0
+                    if block.pick_from is not None:  # resumed block: this phase was picked up to here
+                        skip = min(max(0, block.pick_from.get(self.labels[k], 0) - block.picked_to), values.shape[1])
+                    for trig in picker.scan(values[k, skip:], block.picked_to + skip):
+                        self._emit(station, block, k, trig)
+                block.picked_to = final_to
+            if not block.done:
+                break
+            for k, picker in station.pickers.items():
+                for trig in picker.close():
+                    self._emit(station, block, k, trig)
+            sched.blocks.popleft()
+        while len(station.arrivals) > 1 and station.arrivals[1][0] <= (sched.blocks[0].picked_to if sched.blocks else station.arrivals[-1][0]):
+            station.arrivals.popleft()
+
+    def index_to_ns(self, index: int, offset_ns: float = 0.0) -> int:
+        """Absolute grid index of this lane (plus sub-sample offset) to integer nanoseconds."""
+        return grid_ns(index, self.fs) + int(round(offset_ns))
+
+    def _emit(self, station: Station, block: Block, cls: int, trig) -> None:
+        offset = station.buffer.offset_ns(block.start, trig.peak)
+        # windows covering the peak: regular ones on the block's grid, or the end-aligned one
+        rel = trig.peak - block.grid
+        first = block.grid + max(0, -(-(rel - self.in_samples + 1) // self.step)) * self.step
+        last = min(block.grid + rel // self.step * self.step, (block.end or trig.peak + 1) - self.in_samples)
+        last = max(last, first)
+        pick = Pick(
+            stream_id=station.pick_id,
+            phase=self.labels[cls],
+            time_ns=self.index_to_ns(trig.peak, offset),
+            probability=trig.peak_value,
+            uncertainty_s=trig.spread_samples / self.fs,
+            trigger_on_ns=self.index_to_ns(trig.start, offset),
+            trigger_off_ns=self.index_to_ns(trig.end, offset),
+            model_id=self.loaded.model_id,
+            model_version=self.loaded.version,
+            window_ns=(
+                self.index_to_ns(first, offset),
+                self.index_to_ns(last + self.in_samples - 1, offset),
+            ),
+            extra=dict(self._identity),
+        )
+        self.host.emit(pick, station, trig.end)
+
+    # ---------------------------------------------------------------- hot swap
+    def swap(self, loaded: LoadedModel, spec: LaneSpec) -> None:
+        """Replace the lane's model, engine and identity; the next batch uses the new model.
+
+        Call between batches (the pipeline thread). Queued windows stay queued and
+        are computed once, by the new model. Raises ValueError naming the region if
+        the new model does not keep what the stations depend on (``_SWAP_INVARIANTS``);
+        the old model then stays in place. Thresholds in force follow the new spec.
+        """
+        if spec.region != self.region:
+            raise ValueError(f"region {self.region!r}: spec is for region {spec.region!r}")
+        changed = [f"{name} {getattr(self.spec, name)!r} -> {getattr(spec, name)!r}" for name in _SWAP_INVARIANTS if getattr(spec, name) != getattr(self.spec, name)]
+        if changed:
+            raise ValueError(f"region {self.region!r}: the new model changes {', '.join(changed)}; its stations cannot switch without a restart")
+        self._install(spec, loaded)
+        for station in self.stations.values():
+            for k, picker in station.pickers.items():
+                threshold = self.thresholds.get(self.labels[k])
+                if threshold is not None:
+                    picker.threshold = threshold
