@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rtpick.service.systemd import Notifier, SystemdHook, apply_thresholds, reload_config, watchdog_interval
+from rtpick.service.systemd import Notifier, SystemdHook, reload_config, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,32 +133,33 @@ def test_hook_ready_waits_for_ingest_and_watchdog_needs_pipeline_progress(notify
 
 
 def test_sighup_reload_applies_thresholds_or_keeps_a_bad_config(tmp_path, notify_socket):
+    """Thresholds are re-resolved per lane (hot swap in tests/test_hot_swap.py); an invalid file changes nothing."""
     from rtpick.config import load_config
+    from rtpick.pipeline import Pipeline
 
     path, sock = notify_socket
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text("[picking]\nthresholds = { P = 0.3, S = 0.3 }\n")
     config = load_config(cfg_path)
+    pipeline = Pipeline(config)
     daemon = FakeDaemon(config)
-    pipeline = fake_pipeline(config)
+    daemon.pipeline = pipeline
     hook = SystemdHook(config_path=str(cfg_path), notifier=Notifier(path))
     cfg_path.write_text("[picking]\nthresholds = { P = 0.7, S = 0.5 }\n")
     hook.on_reload(daemon)
     daemon.run_calls(pipeline)
-    station = pipeline.stations["OK.SIO..HH?"]
-    assert (station.pickers[0].threshold, station.pickers[1].threshold) == (0.7, 0.5)
-    assert pipeline.thresholds == {"P": 0.7, "S": 0.5} and daemon.config.picking.thresholds == {"P": 0.7, "S": 0.5}
+    lane = pipeline.lanes["default"]
+    assert lane.thresholds == {"P": 0.7, "S": 0.5}
     cfg_path.write_text("[picking]\nthresholds = { P = 7 }\n")  # invalid: kept out
     hook.on_reload(daemon)
     daemon.run_calls(pipeline)
-    assert pipeline.thresholds == {"P": 0.7, "S": 0.5}
+    assert lane.thresholds == {"P": 0.7, "S": 0.5}
     hook.notifier.close()
     messages = read_all(sock)
     assert messages[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
-    assert messages[1].startswith("READY=1") and "reloaded" in messages[1]
+    assert messages[1].startswith("READY=1") and "reloaded" in messages[1] and "'P': 0.7" in messages[1]
     assert "reload rejected" in messages[3]
     assert reload_config(str(tmp_path / "missing.toml"), config) is config
-    assert apply_thresholds(pipeline, {"P": 0.7}) == []
 
 
 def unit_copies(tmp_path):

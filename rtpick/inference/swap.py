@@ -69,7 +69,7 @@ class LaneChange:
         """One log line: what changes, old → new."""
         parts = []
         if self.new_weights:
-            parts.append(f"model {old.model_id} (sha256 {old.sha256[:12]}) -> {self.spec.model_id} (sha256 {self.spec.sha256[:12]})")
+            parts.append(f"model swapped: {old.model_id} (sha256 {old.sha256[:12]}) -> {self.spec.model_id} (sha256 {self.spec.sha256[:12]})")
         if dict(old.thresholds) != dict(self.spec.thresholds):
             sources = ", ".join(f"{k} {v:g} ({self.spec.threshold_sources[k]})" for k, v in self.spec.thresholds.items())
             parts.append(f"thresholds {sources}")

@@ -6,8 +6,11 @@
   start-up, WATCHDOG only while the pipeline makes progress, STATUS, STOPPING,
   SIGHUP reload).
 - :func:`reload_config` builds a new config from the file on SIGHUP and returns
-  it only if valid (the old one stays in force otherwise); :func:`apply_thresholds`
-  changes a running pipeline's pick thresholds without touching its buffers.
+  it only if valid (the old one stays in force otherwise); :meth:`SystemdHook.on_reload`
+  then re-resolves every region's lane (:func:`rtpick.inference.swap.plan_reload`:
+  new weights loaded and verified beside the old ones, thresholds from the region,
+  the file or the model's ``default_args``) and switches each changed lane on the
+  pipeline thread between two batches (``Pipeline.swap_model``).
 """
 
 from __future__ import annotations
@@ -101,9 +104,12 @@ class SystemdHook:
       (``daemon.call_in_pipeline``) and pings only once it ran, so a wedged
       pipeline (inference hang, deadlock) stops the pings and systemd restarts it;
     - ``STATUS=`` about every ``status_every_s``; ``STOPPING=1`` when the drain begins;
-    - SIGHUP: ``RELOADING=1``, re-read the config file, apply the pick thresholds
-      on the pipeline thread (buffers untouched), then ``READY=1``. An invalid file
-      is rejected and the running configuration stays.
+    - SIGHUP: ``RELOADING=1``, re-read the config file, hot-swap each region whose
+      model, weights (sha256) or resolved settings (thresholds, blinding, batch size)
+      changed, then ``READY=1`` with what changed. An invalid file is rejected and
+      the running configuration stays; a region whose new model fails verification
+      keeps its old model (ERROR naming the region and the reason,
+      ``rtpick_model_reload_failures_total{region}``) while the others switch.
     """
 
     def __init__(self, outputs: Any = None, config_path: str | None = None, ingest: Any = None,
@@ -144,23 +150,56 @@ class SystemdHook:
             self.notifier.status(self.status_line(daemon))
 
     def on_reload(self, daemon: Any) -> None:
+        """SIGHUP, on the main thread: load and verify here, switch on the pipeline thread."""
+        from rtpick.inference.swap import plan_reload
+
         self.notifier.reloading()
         new = reload_config(self.config_path, daemon.config)
         if new is daemon.config:
             self.notifier.ready("reload rejected: see the log")
             return
-        thresholds = dict(new.picking.thresholds)
-        for section in ("inference", "stream", "seedlink", "publish", "metrics"):
-            if getattr(new, section) != getattr(daemon.config, section):
-                log.warning("reload: [%s] changed but only picking.thresholds apply live; restart to apply it", section)
+        for line in restart_only_changes(daemon.config, new):
+            log.warning("reload: %s; restart to apply it", line)
+        pipeline = daemon.pipeline
+        lanes = {name: (lane.spec, lane.loaded) for name, lane in pipeline.lanes.items()}
+        plan = plan_reload(new, lanes, threads=daemon.config.inference.threads)
+        for line in plan.restart_needed:
+            log.warning("reload: %s", line)
+        for refusal in plan.refusals:
+            self._refused(refusal.region, lanes[refusal.region][0], refusal.reason)
+        if not plan.changes:
+            self.reloads += 1
+            self.notifier.ready("reloaded: nothing to change" if not plan.refusals else
+                                f"reloaded: refused for region(s) {', '.join(r.region for r in plan.refusals)} (old models kept)")
+            return
 
         def apply(pipeline: Any) -> None:
-            changed = apply_thresholds(pipeline, thresholds)
-            daemon.config.picking.thresholds = thresholds
+            done = []
+            for change in plan.changes:
+                lane = pipeline.lanes[change.region]
+                old, old_loaded = lane.spec, lane.loaded
+                try:
+                    pipeline.swap_model(change.region, change.loaded, change.spec)
+                except (ValueError, RuntimeError) as exc:
+                    self._refused(change.region, old, str(exc))
+                    continue
+                log.info("reload: %s (at a batch boundary; %d queued windows go to it)", change.describe(old), len(lane.queue))
+                if change.new_weights and self.outputs is not None:
+                    self.outputs.metrics.swap_model(change.region, (old.model_id, old_loaded.version, old.sha256),
+                                                    (change.spec.model_id, change.loaded.version, change.spec.sha256))
+                done.append(f"{change.region}: " + (f"model {change.spec.model_id}, " if change.new_weights else "")
+                            + f"thresholds {dict(change.spec.thresholds)}")
             self.reloads += 1
-            self.notifier.ready(f"reloaded: thresholds {thresholds}" if changed else "reloaded: nothing to change")
+            self.notifier.ready("reloaded: " + ("; ".join(done) or "nothing applied, see the log"))
 
         daemon.call_in_pipeline(apply)
+
+    def _refused(self, region: str, running: Any, reason: str) -> None:
+        """One region's reload refused: ERROR with region and reason, counted; its model keeps running."""
+        log.error("reload: region %r keeps its running model %s (sha256 %s): new model refused: %s",
+                  region, running.model_id, running.sha256[:12], reason)
+        if self.outputs is not None:
+            self.outputs.metrics.on_model_reload_failed(region)
 
     def on_stopping(self, daemon: Any) -> None:  # noqa: ARG002 - hook signature
         if self.outputs is not None:
@@ -206,22 +245,18 @@ def reload_config(path: str | None, current: Any) -> Any:
     return new
 
 
-def apply_thresholds(pipeline: Any, thresholds: dict[str, float]) -> list[str]:
-    """Change a running pipeline's trigger thresholds in place (buffers untouched).
+def restart_only_changes(old: Any, new: Any) -> list[str]:
+    """What differs between two configs that a reload does not apply (lanes are re-resolved separately)."""
+    from rtpick.inference.regions import effective_regions
 
-    Returns the phases whose threshold changed. A trigger already open keeps
-    running and closes against the new half-threshold.
-    """
-    changed = [phase for phase, value in thresholds.items() if pipeline.thresholds.get(phase) != value]
-    if not changed:
-        return []
-    pipeline.thresholds.update(thresholds)
-    labels = list(pipeline.labels)
-    for station in list(pipeline.stations.values()):
-        for index, picker in station.pickers.items():
-            phase = labels[index]
-            if phase in thresholds:
-                picker.threshold = thresholds[phase]
-    pipeline.config.picking.thresholds = dict(pipeline.thresholds)
-    log.info("pick thresholds now %s", pipeline.thresholds)
-    return changed
+    lines = [f"[{section}] changed" for section in ("stream", "seedlink", "publish", "metrics", "associate", "logging")
+             if getattr(new, section) != getattr(old, section)]
+    for key in ("threads", "max_wait_s", "block_end"):
+        if getattr(new.inference, key) != getattr(old.inference, key):
+            lines.append(f"inference.{key} changed")
+    old_regions = {region.name: region for region, _ in effective_regions(old)}
+    for region, _ in effective_regions(new):
+        before = old_regions.get(region.name)
+        if before is not None and (before.stations, before.polygon) != (region.stations, region.polygon):
+            lines.append(f"the stations of region {region.name!r} changed (stations are routed at start-up)")
+    return lines
