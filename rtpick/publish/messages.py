@@ -50,9 +50,10 @@ def pick_message(pick: Pick) -> dict[str, Any]:
         "window_start": ns_to_iso(pick.window_ns[0]),
         "window_end": ns_to_iso(pick.window_ns[1]),
     }
-    region = pick.extra.get("region")
-    if region is not None:
-        message["region"] = str(region)
+    for key in ("region", "model_sha256"):  # the lane's identity (rtpick.inference.lane); absent on hand-made picks
+        value = pick.extra.get(key)
+        if value:
+            message[key] = str(value)
     return message
 
 
@@ -91,6 +92,7 @@ def event_message(event: Event) -> dict[str, Any]:
                 "probability": round(float(pick.probability), 6),
                 "residual_s": round(float(residual), 4),
                 "model_id": pick.model_id,
+                **{key: str(pick.extra[key]) for key in ("region", "model_sha256") if pick.extra.get(key)},
             }
             for pick, residual in event.picks
         ],
