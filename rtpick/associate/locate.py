@@ -35,10 +35,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from rtpick.associate.stations import Stations, distance_km
-from rtpick.associate.traveltime import TravelTimeTable
+from rtpick.associate.traveltime import TravelTimeTable, tt_lookup
 
 CHI2_2D_68 = -2.0 * np.log(1.0 - 0.68)  # 68 % quantile of chi-square with 2 degrees of freedom
 _HUBER_C = 1.5
@@ -51,13 +52,13 @@ class LocatorSettings:
 
     depth_prior_km: float = 8.0  # regional mean depth the weak prior pulls towards
     depth_prior_sigma_km: float = 8.0  # its standard deviation (weak: a few stations within ~z resolve depth)
-    sigma_p_s: float = 0.08  # P pick + model error floor (s)
-    sigma_s_s: float = 0.15  # S floor: S onsets are picked less precisely
-    sigma_fraction: float = 0.01  # model error growing with the travel time
+    sigma_p_s: float = 0.03  # P model error floor (s), added to the pick's own uncertainty_s
+    sigma_s_s: float = 0.05  # S model error floor (vs is known less well than vp)
+    sigma_fraction: float = 0.005  # model error growing with the travel time
     outlier_k: float = 4.0  # reject |residual| > outlier_k * max(sigma, outlier_floor_s)
     outlier_floor_s: float = 0.1
     max_rejected_fraction: float = 0.2
-    prior_dof: float = 8.0  # pseudo degrees of freedom of the a-priori variance factor
+    prior_dof: float = 4.0  # pseudo degrees of freedom of the a-priori variance factor
     max_iterations: int = 25
     max_depth_km: float = 25.0
 
@@ -109,28 +110,17 @@ class Locator:
         self._zmax = min(self.s.max_depth_km, table.max_depth_km - 2 * _FD_KM)
 
     def _tt(self, ph: np.ndarray, r: np.ndarray, z: float) -> np.ndarray:
-        """Table travel time per pick (phase array, one depth): the table's bilinear rule in one pass."""
-        tab = self.table.times
-        zi = min(max(z / self.table.depth_step_km, 0.0), tab.shape[1] - 1.000001)
-        xi = np.clip(r / self.table.distance_step_km, 0.0, tab.shape[2] - 1.000001)
-        z0, x0 = int(zi), xi.astype(np.int64)
-        fz, fx = zi - z0, xi - x0
-        return ((tab[ph, z0, x0] * (1 - fx) + tab[ph, z0, x0 + 1] * fx) * (1 - fz)
-                + (tab[ph, z0 + 1, x0] * (1 - fx) + tab[ph, z0 + 1, x0 + 1] * fx) * fz)
+        out = np.empty(len(r))
+        _travel_times(self.table.times, self.table.depth_step_km, self.table.distance_step_km, ph, r, float(z), out)
+        return out
 
     def _model(self, m, xs, ys, ph, corr):
         """Predicted times and the Jacobian (n, 4) at m = (x, y, z, t0)."""
-        dx, dy = m[0] - xs, m[1] - ys
-        r = np.hypot(dx, dy)
-        z = m[2]
-        tt = self._tt(ph, r, z)
-        r_lo = np.maximum(r - _FD_KM, 0.0)
-        dtdr = (self._tt(ph, r + _FD_KM, z) - self._tt(ph, r_lo, z)) / (r + _FD_KM - r_lo)
-        z_lo, z_hi = max(z - _FD_KM, 0.0), z + _FD_KM
-        dtdz = (self._tt(ph, r, z_hi) - self._tt(ph, r, z_lo)) / (z_hi - z_lo)
-        rs = np.maximum(r, 1e-3)
-        jac = np.column_stack([dtdr * dx / rs, dtdr * dy / rs, dtdz, np.ones_like(r)])
-        return m[3] + tt + corr, jac, tt
+        pred = np.empty(len(xs))
+        jac = np.empty((len(xs), 4))
+        _predict(self.table.times, self.table.depth_step_km, self.table.distance_step_km, ph, xs, ys, corr,
+                 float(m[0]), float(m[1]), float(m[2]), float(m[3]), pred, jac)
+        return pred, jac
 
     def _objective(self, res, sigma, z):
         e = np.abs(res / sigma)
@@ -140,7 +130,7 @@ class Locator:
     def _solve(self, m, xs, ys, ph, corr, t, sigma):
         """Damped Gauss-Newton with Huber weights; returns (m, objective, iterations)."""
         lam = 1e-2
-        pred, jac, _ = self._model(m, xs, ys, ph, corr)
+        pred, jac = self._model(m, xs, ys, ph, corr)
         obj = self._objective(t - pred, sigma, m[2])
         it = 0
         for it in range(1, self.s.max_iterations + 1):
@@ -164,7 +154,7 @@ class Locator:
                 step[2] = np.clip(step[2], -5.0, 5.0)
                 trial = m + step
                 trial[2] = np.clip(trial[2], 0.0, self._zmax)
-                tpred, tjac, _ = self._model(trial, xs, ys, ph, corr)
+                tpred, tjac = self._model(trial, xs, ys, ph, corr)
                 tobj = self._objective(t - tpred, sigma, trial[2])
                 if tobj <= obj:
                     moved = np.abs(trial - m)
@@ -224,7 +214,7 @@ class Locator:
         return self._summary(m, sta, ph, t, xs, ys, corr, sigma_at(m), used, res, lat0, lon0, kx, iterations)
 
     def _summary(self, m, sta, ph, t, xs, ys, corr, sigma, used, res, lat0, lon0, kx, iterations) -> Location:
-        _, jac, _ = self._model(m, xs[used], ys[used], ph[used], corr[used])
+        _, jac = self._model(m, xs[used], ys[used], ph[used], corr[used])
         w = 1.0 / sigma[used] ** 2
         a = jac.T @ (jac * w[:, None])
         a[2, 2] += 1.0 / self.s.depth_prior_sigma_km**2
@@ -251,3 +241,32 @@ class Locator:
             n_p=int((used & (ph == 0)).sum()), n_s=int((used & (ph == 1)).sum()), iterations=iterations,
             sigma_scale=float(np.sqrt(var)),
         )
+
+
+@numba.njit(cache=True)
+def _travel_times(times, depth_step, dist_step, ph, r, z, out):
+    for i in range(len(r)):
+        out[i] = tt_lookup(times, depth_step, dist_step, ph[i], r[i], z)
+
+
+@numba.njit(cache=True)
+def _predict(times, depth_step, dist_step, ph, xs, ys, corr, x, y, z, t0, pred, jac):
+    """Arrival times and their derivatives by x, y, z (central differences over one cell) and t0."""
+    z_lo = max(z - _FD_KM, 0.0)
+    z_hi = z + _FD_KM
+    for i in range(len(xs)):
+        dx = x - xs[i]
+        dy = y - ys[i]
+        r = np.sqrt(dx * dx + dy * dy)
+        p = ph[i]
+        r_lo = max(r - _FD_KM, 0.0)
+        dtdr = (tt_lookup(times, depth_step, dist_step, p, r + _FD_KM, z)
+                - tt_lookup(times, depth_step, dist_step, p, r_lo, z)) / (r + _FD_KM - r_lo)
+        dtdz = (tt_lookup(times, depth_step, dist_step, p, r, z_hi)
+                - tt_lookup(times, depth_step, dist_step, p, r, z_lo)) / (z_hi - z_lo)
+        rs = max(r, 1e-3)
+        pred[i] = t0 + tt_lookup(times, depth_step, dist_step, p, r, z) + corr[i]
+        jac[i, 0] = dtdr * dx / rs
+        jac[i, 1] = dtdr * dy / rs
+        jac[i, 2] = dtdz
+        jac[i, 3] = 1.0
