@@ -324,9 +324,8 @@ def _index(tr, t: UTCDateTime) -> int:
 
 
 def _covers(tr, t: UTCDateTime) -> bool:
-    if not tr.stats.starttime <= t <= tr.stats.endtime:
-        return False
-    return not (np.ma.isMaskedArray(tr.data) and np.ma.getmaskarray(tr.data)[_index(tr, t)])
+    """``t`` lies within the span of the (merged) trace; a pick inside a gap counts as a gap, not as outside."""
+    return tr.stats.starttime <= t <= tr.stats.endtime
 
 
 def _clipped(raw: np.ndarray, cfg: BuildConfig) -> str:

@@ -263,3 +263,22 @@ def sample_events(ts: TraceSet, n_traces: int, seed: int, key: str = "source_id"
     mask = np.isin(events, chosen)
     idx = np.flatnonzero(mask)[:n_traces]
     return ts.subset(idx)
+
+
+STATION_COLUMNS = ("station_network_code", "station_code", "station_location_code", "trace_channel")
+
+
+def dataset_stations(path: str | Path) -> list[str]:
+    """``NET.STA.LOC.FAM`` keys of a SeisBench folder's traces (as ``rtpick dataset build`` writes them); [] if it names none.
+
+    Read as text: SeisBench's own reader turns codes such as location ``01`` into numbers.
+    """
+    meta_path = Path(path) / "metadata.csv"
+    if not meta_path.is_file():
+        return []
+    head = pd.read_csv(meta_path, nrows=0).columns
+    if not all(c in head for c in STATION_COLUMNS):
+        return []
+    meta = pd.read_csv(meta_path, usecols=list(STATION_COLUMNS), dtype=str, keep_default_na=False)
+    return sorted({".".join(row) for row in meta[list(STATION_COLUMNS)].itertuples(index=False)})
+

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rtpick.adapt import evaluate as ev
-from rtpick.adapt.datasets import DatasetError, TraceSet, load_dataset, sample_events, split_by_event, validate
+from rtpick.adapt.datasets import DatasetError, TraceSet, dataset_stations, load_dataset, sample_events, split_by_event, validate
 from rtpick.adapt.models import load_picker, save_picker
 
 
@@ -83,6 +83,7 @@ def run_adapt(model_spec: str, data: str | Path, out: str | Path, cfg, n_train: 
         "learning_curve": {"train_loss": history["train_loss"], "dev_loss": history["dev_loss"]},
         "thresholds": thresholds,
         "thresholds_chosen_on": "dev split, max F1 at 0.5 s",
+        "stations": dataset_stations(data),
         "metrics": {"test_before": ev.summary_row(before), "test": ev.summary_row(after), "test_n": len(test)},
         "versions": _versions(),
     }
@@ -130,3 +131,29 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def region_stanza(out: str | Path, card: dict) -> str:
+    """The ``[[regions]]`` TOML (docs/regions.md) that runs the model in ``out`` on the stations of its data set."""
+    import re
+
+    out = Path(out).resolve()
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", out.name)
+    if not name or not re.match(r"[A-Za-z0-9_]", name) or name == "default":
+        name = f"adapted-{name}".rstrip("-")
+    stations = card.get("stations") or []
+    thr = card.get("thresholds") or {}
+    lines = [
+        f"# rtpick adapt: the region for {out} (stations of {card.get('data', '?')}); put it before the 'default' region",
+        "[[regions]]",
+        f'name = "{name}"',
+    ]
+    if stations:
+        lines.append("stations = [" + ", ".join(f'"{s}"' for s in stations) + "]")
+    else:
+        lines.append("stations = []  # the data set names no stations (simulated?): list the NET.STA.LOC.FAM globs this model serves")
+    lines.append(f'model = "file:{out}"')
+    if thr:
+        lines.append("# thresholds: the model's default_args (chosen on the dev split): " + ", ".join(f"{k} {v:g}" for k, v in thr.items()))
+    return "\n".join(lines) + "\n"
+

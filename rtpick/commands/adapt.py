@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rtpick.adapt.datasets import DatasetError
     from rtpick.adapt.finetune import FinetuneConfig
-    from rtpick.adapt.workflow import run_adapt
+    from rtpick.adapt.workflow import region_stanza, run_adapt
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtpick adapt: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"out": args.out, "n_examples": card["n_examples"], "strategy": card["strategy"], "thresholds": card["thresholds"], "metrics": card["metrics"]}, indent=1))
+    stanza = region_stanza(args.out, card)
+    (Path(args.out) / "region.toml").write_text(stanza)
+    print(f"\n# deploy: add this to the config (also in {args.out}/region.toml)\n{stanza}", end="")
     return 0
