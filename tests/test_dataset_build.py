@@ -223,3 +223,15 @@ def test_replay_with_the_printed_stanza_picks_oklahoma_with_the_adapted_model(ad
     assert {"OK.FNO.01", "OK.LC30.", "OK.OKCFA.", "OK.SIO.", "OK.X34A."} <= by_model.get(adapted_id, set())
     assert "OK.W35A." in by_model.get("seisbench:PhaseNet/original", set())
     assert all(p["region"] == "ok-adapted" for p in picks if p["model_id"] == adapted_id)
+
+
+def test_evaluate_scores_a_model_on_the_catalogue_picks_directly(archive, tmp_path):
+    rc = main(["evaluate", "--model", "california=seisbench:PhaseNet/original", "--catalog", str(archive["quakeml"]), "--sds", str(archive["sds"]),
+               "--inventory", str(archive["inventory"]), "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    m = report["models"]["california"]
+    assert m["n_traces"] == archive["expected"]["traces"] and report["split"] == "all"
+    assert m["thresholds"] == {"P": 0.3, "S": 0.3}  # no dev split: the model's own thresholds
+    assert m["P"]["0.5s"]["tp"] + m["P"]["0.5s"]["fn"] == archive["expected"]["P"]
+    assert json.loads((tmp_path / "catalog_data" / "build_report.json").read_text())["picks"]["unusable"]["gap"] == 2

@@ -27,12 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--catalog", help="QuakeML or SeisComP XML with picks (ObsPy read_events)")
     labels.add_argument("--pseudo-labels", metavar="MODEL", help="no analyst picks: label with this teacher's confident picks (model spec)")
-    p.add_argument("--sds", help="SDS archive root")
-    p.add_argument("--mseed", help="folder of miniSEED files (searched recursively)")
-    p.add_argument("--fdsn", help="FDSN web service base URL or ObsPy short name (needs network access)")
-    p.add_argument("--inventory", help="StationXML (or CSV network,station,latitude,longitude,elevation_m): known stations, channel families, coordinates, Z12 orientation")
+    add_source_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--manual-only", action="store_true", help="use only picks with evaluation mode 'manual' (automatic ones are counted)")
     p.add_argument("--sampling-rate", type=float, default=d.sampling_rate, help="the model's rate; traces are resampled to it (default 100 Hz)")
     p.add_argument("--trace-length", type=float, default=d.trace_length_s, help="seconds per trace (default 60)")
     p.add_argument("--before", type=float, default=d.before_s, help="trace start before the event's first pick at the station, s (default 20)")
@@ -50,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--detection", type=float, default=q.detection, help="teacher picks between this and the confidence mark windows as unusable (default 0.2)")
     g.add_argument("--associate", action="store_true", help="keep only picks that rtpick's associator puts into a located event ([associate] of --config)")
     g.add_argument("--config", help="config TOML whose [associate] section is used with --associate")
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Waveform archive, inventory and pick selection (shared with ``rtpick evaluate --catalog``)."""
+    parser.add_argument("--sds", help="SDS archive root")
+    parser.add_argument("--mseed", help="folder of miniSEED files (searched recursively)")
+    parser.add_argument("--fdsn", help="FDSN web service base URL or ObsPy short name (needs network access)")
+    parser.add_argument("--inventory", help="StationXML (or CSV network,station,latitude,longitude,elevation_m): known stations, channel families, coordinates, Z12 orientation")
+    parser.add_argument("--manual-only", action="store_true", help="use only picks with evaluation mode 'manual' (automatic ones are counted)")
 
 
 def run(args: argparse.Namespace) -> int:
