@@ -235,3 +235,17 @@ def test_evaluate_scores_a_model_on_the_catalogue_picks_directly(archive, tmp_pa
     assert m["thresholds"] == {"P": 0.3, "S": 0.3}  # no dev split: the model's own thresholds
     assert m["P"]["0.5s"]["tp"] + m["P"]["0.5s"]["fn"] == archive["expected"]["P"]
     assert json.loads((tmp_path / "catalog_data" / "build_report.json").read_text())["picks"]["unusable"]["gap"] == 2
+
+
+def test_pseudo_labels_on_the_bundled_oklahoma_data_keep_associated_confident_picks(oklahoma_dir, tmp_path):
+    out = tmp_path / "pseudo"
+    rc = main(["dataset", "build", "--pseudo-labels", "seisbench:PhaseNet/original", "--mseed", str(oklahoma_dir), "--inventory", str(oklahoma_dir / "stations.csv"),
+               "--start", "2013-06-16T15:37:50", "--end", "2013-06-16T15:43:50", "--associate", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["events"] == 1 and report["picks"]["used"]["P"] >= 3
+    assert set(report["picks"]["unusable"]) <= {"low_confidence", "not_associated", "gap", "uncertain_pick", "s_without_p"}
+    meta = pd.read_csv(out / "metadata.csv")
+    quakes = meta[meta["trace_category"] == "earthquake"]
+    assert (quakes["trace_p_probability"] >= 0.5).all() and (quakes["trace_p_status"] == "automatic").all()
+    assert quakes["source_latitude_deg"].between(34.5, 36.5).all()  # the associator's location of the 15:38:50 event

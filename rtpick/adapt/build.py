@@ -105,14 +105,15 @@ def load_station_info(path: str | Path | None) -> tuple[dict[str, StationInfo], 
             if item.family:
                 families[key].add(item.family)
     for key, (lat, lon) in coords.items():
-        stations[key] = StationInfo(lat, lon, tuple(sorted(families[key], key=_family_rank)))
+        stations[key] = StationInfo(lat, lon, tuple(sorted(families[key], key=family_rank)))
     inventory = None
     if Path(path).suffix.lower() not in (".csv", ".db", ".sqlite"):
         inventory = obspy.read_inventory(str(path))
     return stations, inventory
 
 
-def _family_rank(family: str) -> tuple[int, str]:
+def family_rank(family: str) -> tuple[int, str]:
+    """Sort key: the preferred channel family first (HH, BH, EH, SH, HN, then others)."""
     prefix = family[:2]
     return (FAMILY_PREFERENCE.index(prefix) if prefix in FAMILY_PREFERENCE else len(FAMILY_PREFERENCE), family)
 
@@ -138,7 +139,7 @@ class DatasetBuilder:
         info = self.stations.get(first.station_key) or self.stations.get(f"{first.network}.{first.station}")
         if info and info.families:
             return info.families[0]
-        held = sorted(self.source.families(first.network, first.station, first.location), key=_family_rank)
+        held = sorted(self.source.families(first.network, first.station, first.location), key=family_rank)
         return held[0] if held else "HH?"
 
     def cut(self, net: str, sta: str, loc: str, family: str, t0: UTCDateTime, must_cover: list[UTCDateTime]) -> tuple[np.ndarray, UTCDateTime, int]:

@@ -43,7 +43,7 @@ from rtpick.adapt.datasets import P_COL, PICK_COLUMNS, TraceSet
 @dataclass(frozen=True)
 class PseudoConfig:
     confidence: tuple[float, float] = (0.5, 0.5)  # P, S: a teacher pick at or above this is a label
-    detection: float = 0.2  # below: no arrival; between: an arrival nobody trusts
+    detection: float = 0.3  # below: no arrival; between: an arrival nobody trusts (0.3: what the daemon would publish)
     cluster_s: float = 15.0
     max_sp_s: float = 30.0
     min_stations: int = 3

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stations", action="append", default=[], metavar="GLOB", help="NET.STA.LOC.FAM globs of the stations to label (default: all the inventory/folder holds)")
     g.add_argument("--p-confidence", type=float, default=q.confidence[0], help="teacher P picks at or above this become labels (default 0.5)")
     g.add_argument("--s-confidence", type=float, default=q.confidence[1], help="teacher S picks at or above this become labels (default 0.5)")
-    g.add_argument("--detection", type=float, default=q.detection, help="teacher picks between this and the confidence mark windows as unusable (default 0.2)")
+    g.add_argument("--detection", type=float, default=q.detection, help="teacher picks between this and the confidence mark windows as unusable (default 0.3, SeisBench's and the daemon's threshold)")
     g.add_argument("--associate", action="store_true", help="keep only picks that rtpick's associator puts into a located event ([associate] of --config)")
     g.add_argument("--config", help="config TOML whose [associate] section is used with --associate")
 
@@ -119,6 +119,8 @@ def _pseudo(args, source, stations):
 
 def _stations_to_label(source, stations, globs: list[str]) -> list[tuple[str, str, str, str]]:
     """(net, sta, loc, family) of every station the inventory (or the miniSEED folder) holds, filtered by globs."""
+    from rtpick.adapt.build import family_rank
+
     found = set()
     index = getattr(source, "index", None)
     if index:
@@ -130,4 +132,7 @@ def _stations_to_label(source, stations, globs: list[str]) -> list[tuple[str, st
         if len(parts) == 3:
             found.update((*parts, fam) for fam in info.families[:1])
     keep = sorted(t for t in found if not globs or any(fnmatch.fnmatchcase(".".join(t), g) for g in globs))
-    return keep
+    best: dict[tuple[str, str, str], tuple[str, str, str, str]] = {}
+    for item in sorted(keep, key=lambda t: family_rank(t[3])):
+        best.setdefault(item[:3], item)  # one family per station (HH before BH, EH, ...): one label per arrival
+    return sorted(best.values())
