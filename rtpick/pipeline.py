@@ -390,7 +390,7 @@ class Pipeline:
             lane = self.lanes.get(region) if region is not None else None
             if lane is None:
                 self._ignored.add(sid)
-                self._reject(sid, "no_region", f"station {key} matches no region (add a 'default' region to pick it)")
+                self._reject(key, "no_region", "matches no region (add a 'default' region to pick it)")
                 return None
         else:
             lane = station.lane
