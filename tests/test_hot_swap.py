@@ -269,3 +269,89 @@ def test_models_reload_signals_an_rtpick_process_only(tmp_path):
             proc.kill()
             proc.wait()
         standin.stdout.close()
+
+
+class Lines:
+    """A subprocess pipe read line by line on a thread (the daemon never blocks on a full pipe)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.lines: list[str] = []
+        self._new: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            self.lines.append(line)
+            self._new.put(line)
+
+    def close(self) -> None:
+        """After the process ended: the rest of its output, then the pipe closed."""
+        self._thread.join(timeout=10)
+        self.pipe.close()
+
+    def wait_for(self, predicate, timeout: float, proc) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._new.get(timeout=0.2)
+            except queue.Empty:
+                assert proc.poll() is None, f"rtpick run exited with {proc.returncode}"
+                continue
+            if predicate(line):
+                return line
+        raise AssertionError(f"timed out after {timeout} s; last lines: {self.lines[-20:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_run_over_seedlink_hot_swaps_on_sighup(tmp_path, models):
+    """`rtpick run` against the replay server: SIGHUP with a corrupt model (refused, named, publishing goes on),
+    then with a new model (swapped; the picks of the events, all after the switch, carry its model_id)."""
+    from rtpick.seedlink_server.archive import Archive
+    from rtpick.seedlink_server.server import ServerThread
+
+    config_path = tmp_path / "rtpick.toml"
+    logging_section = '[logging]\nlevel = "INFO"\n'
+    write_config(config_path, ORIGINAL, logging_section)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("STATE_DIRECTORY", None)
+    with ServerThread(Archive([OKLAHOMA]), port=0, speed=2.0) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtpick", "run", "--config", str(config_path), "--seedlink", f"127.0.0.1:{server.port}",
+             "--streams", "OK_*", "--state-file", str(tmp_path / "run.state"), "--begin-time", "2013-06-16T15:37:00Z", "--stdout"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        try:
+            err.wait_for(lambda line: "ready (sd_notify" in line, 120, proc)
+            write_config(config_path, models["corrupt"], logging_section)
+            proc.send_signal(signal.SIGHUP)
+            refused = err.wait_for(lambda line: " ERROR " in line, 60, proc)
+            assert "region 'default'" in refused and "cannot load" in refused
+            write_config(config_path, models["perturbed"], logging_section)
+            proc.send_signal(signal.SIGHUP)
+            swapped = err.wait_for(lambda line: "model swapped" in line, 60, proc)
+            assert "region 'default'" in swapped and models["perturbed"] in swapped
+            out.wait_for(lambda line: json.loads(line).get("model_id") == models["perturbed"], 180, proc)
+            deadline = time.monotonic() + 60  # the rest of the swarm's picks (bounded)
+            while sum(models["perturbed"] in line for line in out.lines) < 5 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                out.close()
+                err.close()
+    assert proc.returncode == 0, "".join(err.lines[-30:])
+    picks = [json.loads(line) for line in out.lines if line.startswith("{")]
+    start_s = obspy.UTCDateTime("2013-06-16T15:37:50").timestamp
+    events = [p for p in picks if obspy.UTCDateTime(p["time"]).timestamp - start_s > 60]  # all computed after the switch
+    assert len(events) >= 5 and {p["model_id"] for p in events} == {models["perturbed"]}
+    assert sum(" ERROR " in line for line in err.lines) == 1, "only the corrupt model is an error"
