@@ -1,9 +1,14 @@
-"""Distil a teacher picker into a :class:`~rtpick.adapt.student.TinyPhaseNet` on unlabelled target data.
+"""Distil a teacher picker into a :class:`~rtpick.adapt.student.TinyPhaseNet` on target-region data.
 
-The student learns the teacher's probability traces (soft cross-entropy) on
-random windows of unlabelled traces; no labels are used. Early stopping on the
-same loss over fixed dev windows. :func:`windows_per_second` measures CPU
-throughput of teacher and student in the same process, same batch and threads.
+The student learns the teacher's probability traces (soft cross-entropy) and,
+with ``label_weight`` > 0, the pick labels where the data set has them (the same
+Gaussian labels as fine-tuning): ``loss = (1 - w)·CE(student, teacher) + w·CE(student, labels)``.
+Windows come from the fine-tuning generator (a window around a random pick, a
+random crop, real target noise injection, random gain), so the student sees the
+low-SNR arrivals it must keep and the teacher labels them on the same noisy
+input. Unlabelled traces (NaN picks) are fine with ``label_weight = 0``.
+Early stopping on the same loss over fixed dev windows. :func:`windows_per_second`
+measures CPU throughput of teacher and student in the same process, same batch and threads.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import numpy as np
 import torch
 
 from rtpick.adapt.datasets import TraceSet
-from rtpick.adapt.evaluate import window_starts
-from rtpick.adapt.finetune import RandomGain, pick_loss, seed_everything
+from rtpick.adapt.finetune import FinetuneConfig, device_of, fixed_windows, generator, pick_loss, seed_everything
 from rtpick.adapt.student import TinyPhaseNet, count_parameters
 
 
@@ -34,6 +38,8 @@ class DistillConfig:
     batch_size: int = 32
     min_examples_per_epoch: int = 512
     patience: int = 5
+    label_weight: float = 0.5  # share of the loss on the data's pick labels (0 = teacher only, for unlabelled data)
+    noise_prob: float = 0.5  # real-noise injection, as in fine-tuning
     seed: int = 0
     progress: bool = True
 
@@ -47,54 +53,54 @@ def make_student(teacher, cfg: DistillConfig) -> TinyPhaseNet:
     )
 
 
-def _fixed(teacher, ts: TraceSet) -> torch.Tensor:
-    window = int(teacher.in_samples)
-    starts = window_starts(ts, window)
-    x = np.stack([ts.waveforms[i, :, s : s + window] for i, s in enumerate(starts)]).astype(np.float32)
-    return teacher.annotate_batch_pre(torch.from_numpy(x), {})
+def _loss(student, teacher, x: torch.Tensor, y: torch.Tensor, w: float) -> torch.Tensor:
+    with torch.no_grad():
+        soft = teacher(x)
+    pred = student(x)
+    loss = pick_loss(pred, soft)
+    return (1 - w) * loss + w * pick_loss(pred, y) if w > 0 else loss
 
 
 @torch.no_grad()
-def _soft_loss(student, teacher, x: torch.Tensor, batch: int = 64) -> float:
+def _dev_loss(student, teacher, x: torch.Tensor, y: torch.Tensor, w: float, batch: int = 64) -> float:
     student.eval()
+    device = device_of(teacher)
     total = 0.0
     for i in range(0, len(x), batch):
-        xb = x[i : i + batch]
-        total += pick_loss(student(xb), teacher(xb)).item() * len(xb)
+        xb = teacher.annotate_batch_pre(x[i : i + batch].clone(), {}).to(device)
+        total += _loss(student, teacher, xb, y[i : i + batch].to(device), w).item() * len(xb)
     return total / max(1, len(x))
 
 
-def distill(teacher, unlabelled: TraceSet, dev: TraceSet, cfg: DistillConfig) -> tuple[TinyPhaseNet, dict]:
-    """Train a student on the teacher's outputs; returns the student (best dev state) and the history."""
-    import seisbench.generate as sbg
+def distill(teacher, data: TraceSet, dev: TraceSet, cfg: DistillConfig, noise: TraceSet | None = None) -> tuple[TinyPhaseNet, dict]:
+    """Train a student on the teacher's outputs (plus labels, by ``cfg.label_weight``); returns the student (best dev state) and the history."""
     from tqdm.auto import tqdm
 
     seed_everything(cfg.seed)
     teacher.eval()
-    student = make_student(teacher, cfg)
-    gen = sbg.GenericGenerator(unlabelled)
-    gen.add_augmentations([sbg.RandomWindow(windowlen=int(teacher.in_samples), strategy="pad"), RandomGain(0.7, 1.4), sbg.ChangeDtype(np.float32)])
-    sampler = torch.utils.data.RandomSampler(gen, replacement=True, num_samples=max(len(unlabelled), cfg.min_examples_per_epoch), generator=torch.Generator().manual_seed(cfg.seed))
+    device = device_of(teacher)
+    student = make_student(teacher, cfg).to(device)
+    gen_cfg = FinetuneConfig(noise_prob=cfg.noise_prob, seed=cfg.seed)
+    gen = generator(teacher, data, gen_cfg, noise)
+    sampler = torch.utils.data.RandomSampler(gen, replacement=True, num_samples=max(len(data), cfg.min_examples_per_epoch), generator=torch.Generator().manual_seed(cfg.seed))
     loader = torch.utils.data.DataLoader(gen, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    dev_x = _fixed(teacher, dev)
+    dev_x, dev_y = fixed_windows(teacher, dev, gen_cfg.sigma)
     best, best_state, best_epoch, bad = float("inf"), None, 0, 0
     history = {"dev_loss": [], "train_loss": [], "config": asdict(cfg)}
     for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", disable=not cfg.progress, leave=False):
         student.train()
         losses = []
         for batch in loader:
-            x = teacher.annotate_batch_pre(batch["X"], {})
-            with torch.no_grad():
-                target = teacher(x)
-            loss = pick_loss(student(x), target)
+            x = teacher.annotate_batch_pre(batch["X"], {}).to(device)
+            loss = _loss(student, teacher, x, batch["y"].to(device), cfg.label_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
         sched.step()
-        dev_loss = _soft_loss(student, teacher, dev_x)
+        dev_loss = _dev_loss(student, teacher, dev_x, dev_y, cfg.label_weight)
         history["train_loss"].append(float(np.mean(losses)))
         history["dev_loss"].append(dev_loss)
         if dev_loss < best - 1e-5:
@@ -113,6 +119,8 @@ def distill(teacher, unlabelled: TraceSet, dev: TraceSet, cfg: DistillConfig) ->
 @torch.no_grad()
 def windows_per_second(model, n_windows: int = 256, batch_size: int = 64, repeats: int = 3, seed: int = 0) -> float:
     """CPU inference throughput (normalisation + forward) on random windows; best of ``repeats``."""
+    if device_of(model).type != "cpu":
+        model = copy.deepcopy(model).cpu()
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n_windows, getattr(model, "in_channels", 3), int(model.in_samples), generator=gen)

@@ -58,13 +58,14 @@ def predict_peaks(model, ts: TraceSet, batch_size: int = 64, seed: int = 1234) -
     starts = window_starts(ts, window, seed)
     labels = list(model.labels)
     model.eval()
+    device = next(model.parameters()).device
     prob = {ph: np.zeros(len(ts)) for ph in PICK_COLUMNS}
     sample = {ph: np.zeros(len(ts)) for ph in PICK_COLUMNS}
     for b0 in range(0, len(ts), batch_size):
         idx = np.arange(b0, min(len(ts), b0 + batch_size))
         x = np.stack([ts.waveforms[i, :, s : s + window] for i, s in zip(idx, starts[idx])])
         xt = model.annotate_batch_pre(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), {})
-        y = model(xt).cpu().numpy()
+        y = model(xt.to(device)).cpu().numpy()
         for ph in PICK_COLUMNS:
             ch = y[:, labels.index(ph)]
             prob[ph][idx] = ch.max(axis=-1)

@@ -156,13 +156,19 @@ def pick_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> to
     return -(target * torch.log(pred + eps)).sum(dim=1).mean()
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live; batches are moved there (``--device`` in the benchmark)."""
+    return next(model.parameters()).device
+
+
 def _dev_loss(model, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> float:
     model.eval()
+    device = device_of(model)
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = model.annotate_batch_pre(x[i : i + batch].clone(), {})
-            total += pick_loss(model(xb), y[i : i + batch]).item() * len(xb)
+            xb = model.annotate_batch_pre(x[i : i + batch].clone(), {}).to(device)
+            total += pick_loss(model(xb), y[i : i + batch].to(device)).item() * len(xb)
     return total / max(1, len(x))
 
 
@@ -176,6 +182,7 @@ def finetune(model, train: TraceSet, dev: TraceSet, cfg: FinetuneConfig, noise: 
     from tqdm.auto import tqdm
 
     seed_everything(cfg.seed)
+    device = device_of(model)
     groups, frozen, frozen_names = plan(model, cfg)
     opt = torch.optim.Adam(groups)
     gen = generator(model, train, cfg, noise)
@@ -197,8 +204,8 @@ def finetune(model, train: TraceSet, dev: TraceSet, cfg: FinetuneConfig, noise: 
                     m.eval()
         losses = []
         for batch in loader:
-            x = model.annotate_batch_pre(batch["X"], {})
-            loss = pick_loss(model(x), batch["y"])
+            x = model.annotate_batch_pre(batch["X"], {}).to(device)
+            loss = pick_loss(model(x), batch["y"].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()

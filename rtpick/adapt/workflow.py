@@ -92,14 +92,14 @@ def run_adapt(model_spec: str, data: str | Path, out: str | Path, cfg, n_train: 
 
 
 def run_distill(teacher_spec: str, data: str | Path, out: str | Path, cfg, split_fractions=None) -> dict:
-    """Distil ``teacher_spec`` on the (labels ignored) train split of ``data``; compare on its test split."""
+    """Distil ``teacher_spec`` on the train split of ``data`` (labels by ``cfg.label_weight``); compare on its test split."""
     from rtpick.adapt.distill import distill, windows_per_second
     from rtpick.adapt.student import count_parameters
 
     teacher = load_picker(teacher_spec)
     ts = prepare(data, teacher, split_fractions, seed=cfg.seed)
     train, dev, test = ts.split("train"), ts.split("dev"), ts.split("test")
-    student, history = distill(teacher, train, dev, cfg)
+    student, history = distill(teacher, train, dev, cfg, noise_set(ts, "data", int(teacher.in_samples) + 500))
     thresholds = {}
     rows = {}
     for name, model in (("teacher", teacher), ("student", student)):
@@ -110,7 +110,7 @@ def run_distill(teacher_spec: str, data: str | Path, out: str | Path, cfg, split
         "schema": "rtpick.model_card/1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source_model": teacher_spec,
-        "strategy": "distillation (teacher probabilities, unlabelled train split)",
+        "strategy": f"distillation (teacher probabilities, label weight {cfg.label_weight:g}, train split)",
         "data": str(data),
         "data_sha256": ts.sha256(),
         "n_examples": len(train),

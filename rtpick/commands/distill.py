@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = DistillConfig()
     parser.add_argument("--teacher", default="seisbench:PhaseNet/original", help="teacher model spec")
-    parser.add_argument("--data", required=True, help="SeisBench folder or .npz; the train split is used without labels, dev/test for stopping and comparison")
+    parser.add_argument("--data", required=True, help="SeisBench folder or .npz; the train split trains (teacher probabilities + labels by --label-weight), dev/test for stopping and comparison")
     parser.add_argument("--out", required=True, help="output folder for the student (SeisBench format + model card)")
     parser.add_argument("--filters-root", type=int, default=d.filters_root)
     parser.add_argument("--depth", type=int, default=d.depth)
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--examples-per-epoch", type=int, default=d.min_examples_per_epoch, help="minimum windows drawn per epoch")
+    parser.add_argument("--label-weight", type=float, default=d.label_weight, help="share of the loss on the data's pick labels (0 = teacher probabilities only, for unlabelled data; default 0.5)")
+    parser.add_argument("--noise-prob", type=float, default=d.noise_prob, help="probability of injecting the data's noise traces into a window (default 0.5)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (speed is measured with these)")
     parser.add_argument("--no-progress", action="store_true")
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = DistillConfig(
         filters_root=args.filters_root, depth=args.depth, stem_stride=args.stem_stride, max_filters=args.max_filters,
-        separable=args.separable, epochs=args.epochs, patience=args.patience, lr=args.lr, min_examples_per_epoch=args.examples_per_epoch, seed=args.seed, progress=not args.no_progress,
+        separable=args.separable, epochs=args.epochs, patience=args.patience, lr=args.lr, min_examples_per_epoch=args.examples_per_epoch,
+        label_weight=args.label_weight, noise_prob=args.noise_prob, seed=args.seed, progress=not args.no_progress,
     )
     try:
         card = run_distill(args.teacher, args.data, args.out, cfg)
