@@ -165,6 +165,9 @@ class AssociateConfig(Section):
     horizon_s: float = Field(120.0, gt=0, description="Picks older than this (behind the newest pick) expire; events then become final.")
     step_s: float = Field(1.0, gt=0, description="How often (in data time) new events are searched for.")
     use_probability: bool = Field(True, description="Weight picks by their probability.")
+    depth_prior_km: float = Field(8.0, ge=0, description="Locator: regional mean focal depth (km below sea level) a weak Gaussian prior pulls towards where the network cannot resolve depth (no station within about a focal depth).")
+    depth_prior_sigma_km: float = Field(8.0, gt=0, description="Locator: standard deviation of that depth prior (km); smaller pins poorly constrained depths harder to depth_prior_km.")
+    metrics_listen: str = Field("", description="rtpick associate only: HOST:PORT of its Prometheus /metrics endpoint (port 0 = any free port); empty = none. --metrics overrides it.")
 
 
 _REGION_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"

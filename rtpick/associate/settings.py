@@ -34,3 +34,11 @@ class AssociatorSettings:
     max_candidates_per_step: int = 200
     depth_prior_km: float = 8.0  # locator: regional mean depth, where the network cannot resolve depth
     depth_prior_sigma_km: float = 8.0  # locator: width of that (weak, Gaussian) prior
+
+
+# Settings a running associator takes on SIGHUP: they are read afresh at every decision.
+# The rest shape the voting grid, the travel-time tolerances or the pick ring: restart.
+LIVE_SETTINGS = frozenset({
+    "min_picks", "min_p", "min_s", "min_stations", "min_pick_fraction", "min_score", "stack_threshold",
+    "retry_margin", "use_probability", "merge_fraction", "attach_margin_km", "depth_prior_km", "depth_prior_sigma_km",
+})

@@ -23,13 +23,13 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from rtpick.associate import kernels
 from rtpick.associate.locate import Locator, LocatorSettings
-from rtpick.associate.settings import AssociatorSettings
+from rtpick.associate.settings import LIVE_SETTINGS, AssociatorSettings
 from rtpick.associate.stations import Stations, distance_km
 from rtpick.associate.traveltime import TravelTimeTable
 from rtpick.types import NS_PER_S, Event, Pick
@@ -167,8 +167,7 @@ class SwarmAssociator:
     def push(self, pick: Pick) -> bool:
         """Queue a pick; False (and counted) if its station is unknown or its phase not P/S."""
         self.counters["picks_in"] += 1
-        key = pick.station_key
-        if key not in self._index and key.split(".")[-1] not in self._index:
+        if not self.knows_station(pick.station_key):
             self.counters["picks_unknown_station"] += 1
             return False
         if pick.phase not in _PH:
@@ -178,6 +177,10 @@ class SwarmAssociator:
             self._base_ns = pick.time_ns - int(600 * NS_PER_S)
         self._new.append(pick)
         return True
+
+    def knows_station(self, key: str) -> bool:
+        """Whether ``NET.STA`` (or its bare ``STA``) has coordinates."""
+        return key in self._index or key.split(".")[-1] in self._index
 
     @property
     def newest_ns(self) -> int | None:
@@ -220,6 +223,22 @@ class SwarmAssociator:
         self.stage_seconds[stage] += now - since - self._locate_pending
         self._locate_pending = 0.0
         return now
+
+    @property
+    def open_events(self) -> int:
+        """Events not yet final."""
+        return len(self._open)
+
+    def apply_live_settings(self, new: AssociatorSettings) -> list[str]:
+        """Take the :data:`LIVE_SETTINGS` of ``new`` now (SIGHUP); returns the other changed keys,
+        which shape the grid, tables or pick pool and need a restart."""
+        changed = [k for k in AssociatorSettings.__dataclass_fields__ if getattr(new, k) != getattr(self.s, k)]
+        for key in changed:
+            if key in LIVE_SETTINGS:
+                setattr(self.s, key, getattr(new, key))
+        self.locator.s = replace(self.locator.s, depth_prior_km=self.s.depth_prior_km,
+                                 depth_prior_sigma_km=self.s.depth_prior_sigma_km)
+        return [k for k in changed if k not in LIVE_SETTINGS]
 
     @property
     def pool_size(self) -> int:
