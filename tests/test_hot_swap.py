@@ -238,8 +238,8 @@ def test_reload_keeps_model_thresholds_unless_the_file_sets_them(tmp_path, model
     assert all(station.pickers[s_index].threshold == 0.6 for station in lane.stations.values())
 
 
-def test_models_reload_signals_an_rtpick_process_only(tmp_path):
-    """`rtpick models reload --pid`: SIGHUP to an rtpick process; a non-rtpick process is not signalled."""
+def test_models_reload_signals_an_rtpick_process_only(tmp_path, models):
+    """`rtpick models reload --pid`: SIGHUP to an rtpick process; not to another process, nor with a bad --config."""
     marker = tmp_path / "hup"
     script = tmp_path / "rtpick_standin.py"  # 'rtpick' in its command line, as `rtpick run` has
     script.write_text(
@@ -257,6 +257,9 @@ def test_models_reload_signals_an_rtpick_process_only(tmp_path):
         assert refused.returncode == 2 and "is not rtpick" in refused.stderr and other.poll() is None
         hint = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=60)
         assert hint.returncode == 2 and "systemctl reload rtpick" in hint.stderr
+        write_config(tmp_path / "bad.toml", models["corrupt"])
+        bad = subprocess.run([*cli, "--pid", str(standin.pid), "--config", str(tmp_path / "bad.toml")], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert bad.returncode == 2 and "not signalled" in bad.stderr and "region 'default'" in bad.stderr and not marker.exists()
         (tmp_path / "pid").write_text(f"{standin.pid}\n")
         sent = subprocess.run([*cli, "--pid-file", str(tmp_path / "pid")], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert sent.returncode == 0, sent.stderr
