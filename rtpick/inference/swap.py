@@ -123,6 +123,8 @@ def plan_reload(config: Config, lanes: Mapping[str, tuple[LaneSpec, LoadedModel]
                 loaded[key] = load_model(*key)
             except ModelError as exc:
                 loaded[key] = exc
+            except OSError as exc:  # unreadable sidecar or weights (permissions, I/O error)
+                loaded[key] = ModelError(f"model spec {key[0]!r}: {exc}")
         candidate = loaded[key]
         if isinstance(candidate, ModelError):
             plan.refusals.append(Refusal(name, f"cannot load model: {candidate}"))

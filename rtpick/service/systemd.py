@@ -162,7 +162,12 @@ class SystemdHook:
             log.warning("reload: %s; restart to apply it", line)
         pipeline = daemon.pipeline
         lanes = {name: (lane.spec, lane.loaded) for name, lane in pipeline.lanes.items()}
-        plan = plan_reload(new, lanes, threads=daemon.config.inference.threads)
+        try:
+            plan = plan_reload(new, lanes, threads=daemon.config.inference.threads)
+        except Exception as exc:  # noqa: BLE001 - systemd must see READY again, every model stays
+            log.exception("reload failed, every region keeps its running model: %r", exc)
+            self.notifier.ready("reload failed: see the log")
+            return
         for line in plan.restart_needed:
             log.warning("reload: %s", line)
         for refusal in plan.refusals:
