@@ -358,3 +358,27 @@ def test_run_over_seedlink_hot_swaps_on_sighup(tmp_path, models):
     events = [p for p in picks if obspy.UTCDateTime(p["time"]).timestamp - start_s > 60]  # all computed after the switch
     assert len(events) >= 5 and {p["model_id"] for p in events} == {models["perturbed"]}
     assert sum(" ERROR " in line for line in err.lines) == 1, "only the corrupt model is an error"
+
+
+def test_one_region_refused_the_other_swaps(tmp_path, models, caplog):
+    """Refusals are per region: a corrupt file for one region does not hold back another region's swap."""
+    def write(model_a: str, model_default: str) -> None:
+        config_path.write_text(
+            f'[inference]\nthreads = 1\nmodel = "{model_default}"\n'
+            f'[[regions]]\nname = "fno"\nstations = ["OK.FNO.*.*"]\nmodel = "{model_a}"\n'
+            '[[regions]]\nname = "default"\n'
+        )
+
+    config_path = tmp_path / "rtpick.toml"
+    write(ORIGINAL, ORIGINAL)
+    config = load_config(config_path)
+    pipe = Pipeline(config)
+    old = pipe.lanes["default"].loaded
+    daemon, metrics = InlineDaemon(config, pipe), Metrics(process=False)
+    write(models["perturbed"], models["corrupt"])
+    with caplog.at_level(logging.INFO, logger="rtpick.service.systemd"):
+        reload_hook(config_path, metrics).on_reload(daemon)
+        daemon.run_calls()
+    assert pipe.lanes["fno"].loaded.model_id == models["perturbed"] and pipe.lanes["default"].loaded is old
+    assert failures(metrics, "default") == 1 and failures(metrics, "fno") == 0
+    assert "region 'fno': model swapped" in caplog.text and "region 'default' keeps its running model" in caplog.text
