@@ -8,8 +8,8 @@ that does not cover the picks is the classic silent failure of an associator
 (every pick ignored, no event, all green), so the share of picks from unknown
 stations is watched: once :data:`CHECK_AFTER` picks arrived and more than half of
 them came from stations without coordinates, an ERROR names the stations (again
-at most every :data:`REPEAT_S` seconds while it lasts), and ``coverage_failed``
-tells the command to exit non-zero.
+at most every :data:`REPEAT_S` seconds while it lasts); at the end
+``coverage_failed(1)`` (any number of picks) tells the command to exit non-zero.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PickIntake:
         key = pick.station_key
         if key in self.unknown or len(self.unknown) < MAX_NAMES:
             self.unknown[key] += 1
-        if self.coverage_failed and self._clock() - self._last_error >= REPEAT_S:
+        if self.coverage_failed() and self._clock() - self._last_error >= REPEAT_S:
             self._last_error = self._clock()
             log.error("%s", self.coverage_message())
 
@@ -79,11 +79,11 @@ class PickIntake:
     def n_unknown(self) -> int:
         return int(self.associator.counters.get("picks_unknown_station", 0))
 
-    @property
-    def coverage_failed(self) -> bool:
-        """More than half of (at least CHECK_AFTER) picks came from stations without coordinates."""
+    def coverage_failed(self, min_picks: int = CHECK_AFTER) -> bool:
+        """More than half of (at least ``min_picks``) picks came from stations without coordinates
+        (while running: :data:`CHECK_AFTER`; at the end any number, one is enough to judge)."""
         total = self.n_unknown + self.counters["picks_accepted"]
-        return total >= CHECK_AFTER and self.n_unknown > UNKNOWN_SHARE * total
+        return total >= max(min_picks, 1) and self.n_unknown > UNKNOWN_SHARE * total
 
     def coverage_message(self) -> str:
         total = self.n_unknown + self.counters["picks_accepted"]

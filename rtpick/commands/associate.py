@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         counters = dict(assoc.counters)
         counters.update(intake.counters)
         print("rtpick associate: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())), file=sys.stderr)
-    if intake.coverage_failed:
+    if intake.coverage_failed(min_picks=1):
         log.error("%s", intake.coverage_message())
         return EXIT_STATIONS
     return 0
