@@ -11,6 +11,7 @@ import pytest
 from rtpick.associate import build_associator
 from rtpick.associate.stations import distance_km
 from rtpick.config import AssociateConfig, Config
+from rtpick.publish.messages import event_message, validate_message
 from rtpick.types import iso_to_ns
 
 
@@ -48,3 +49,14 @@ def test_oklahoma_picks_make_exactly_one_event_inside_the_network(daemon_picks):
     assert abs(ev.origin_time_ns - iso_to_ns("2013-06-16T15:38:50.3Z")) < 1.5e9
     assert ev.n_p >= 4 and ev.n_s >= 3 and ev.final
     assert np.abs([r for _, r in ev.picks]).max() < 1.0
+    # located: uncertainties, fit and network geometry in the message, every revision schema-valid
+    for revision in events:
+        validate_message(event_message(revision))
+    doc = event_message(ev)
+    assert doc["locator"] == "rtpick.geiger"
+    ellipse = doc["error_ellipse"]
+    assert 0 < ellipse["semi_minor_km"] <= ellipse["semi_major_km"] == doc["horizontal_uncertainty_km"] < 10.0
+    assert ellipse["confidence"] == 0.68 and 0 <= ellipse["azimuth_deg"] <= 180
+    assert 0 < doc["depth_uncertainty_km"] < 15.0 and 0 < doc["time_uncertainty_s"] < 1.0
+    assert 0 < doc["rms_residual_s"] < 0.5
+    assert 0 < doc["azimuthal_gap_deg"] <= 360 and 0 < doc["nearest_station_km"] < 100.0
