@@ -112,8 +112,10 @@ class RtpickRun:
     def picks(self) -> list[dict]:
         return read_picks(self.out_path)
 
-    def wait_for(self, done: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
-        """Poll ``done`` (sampling RSS) until true; fail if the daemon exits or ``timeout_s`` passes."""
+    def wait_for(self, done: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2,
+                 explain: Callable[[], str] = str) -> None:
+        """Poll ``done`` (sampling RSS) until true; fail if the daemon exits or ``timeout_s`` passes
+        (the message adds ``explain()`` and the end of the daemon's log)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
@@ -122,7 +124,7 @@ class RtpickRun:
             if done():
                 return
             time.sleep(interval_s)
-        raise AssertionError(f"no {what} within {timeout_s:g} s:\n{self.stderr()}")
+        raise AssertionError(f"no {what} within {timeout_s:g} s: {explain()}\n{self.stderr()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> float:
         """Send ``sig``, wait at most ``timeout_s`` for the exit; seconds it took (killed and failed after that)."""

@@ -63,6 +63,10 @@ CASES = [
     ("XX_F14", "OK_SIO", "outage", 86400.0, "mid"),
     ("XX_F15", "OK_X34A", "dated", 86400.0, "second_channel"),  # 1970 while the other channels are in 2013
 ]
+# Clean copies: the same picks as their source. XX_F16 also sorts after the poisoned XX_F12 (same
+# source, so the same sequence numbers): when the non-miniSEED packet arrives, two stations expect
+# that sequence number, so a client cannot tell from the numbers alone whose packet it is.
+TWINS = {"XX_F16": "OK_FNO"}
 SNAPPED = {"XX_F01": 100, "XX_F02": 100, "XX_F03": 40}  # rates within tolerance of a nominal rate (snapped)
 # causes that must have counted at least this many records (rtpick_records_rejected_total{cause})
 REJECTED_AT_LEAST = {"bad_sampling_rate": 2, "future_time": 1, "time_jump": 4, "non_finite": 1}
@@ -85,7 +89,7 @@ def _where(packets, station: str, where: str) -> int:
 
 @pytest.fixture(scope="module")
 def fault_archive() -> FaultArchive:
-    copies = {copy: src for copy, src, *_ in CASES}
+    copies = {copy: src for copy, src, *_ in CASES} | TWINS
     clean = FaultArchive([OKLAHOMA], copies=copies).packets()
     faults = [Fault(copy, kind, _where(clean, copy, where), value) for copy, _src, kind, value, where in CASES]
     return FaultArchive([OKLAHOMA], faults, copies=copies)
@@ -166,6 +170,20 @@ def assert_same_picks(published: list[dict], reference: dict[str, dict], data_en
     assert not missing, f"{what}: replay picks never published: {missing}"
 
 
+def _behind(state: Path, last: dict[str, int]) -> str:
+    """Stations whose saved position has not reached their last sequence number, for failure messages."""
+    saved = state_stations(state)
+    return "stations behind (saved/last seq): " + ", ".join(
+        f"{k} {saved.get(k, 0)}/{s}" for k, s in sorted(last.items()) if saved.get(k, 0) < s)
+
+
+def _renamed(reference: dict[str, dict], source: str, copy: str) -> dict[str, dict]:
+    """The reference picks of station ``source`` as its copy ``copy`` has them (NET_STA keys)."""
+    src, dst = source.replace("_", ".") + ".", copy.replace("_", ".") + "."
+    return {dst + pid[len(src):]: dict(p, pick_id=dst + pid[len(src):], stream_id=dst + p["stream_id"][len(src):])
+            for pid, p in reference.items() if pid.startswith(src)}
+
+
 def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_reference, data_end_ns, workdir):
     """Acceptance 1: odd rates, 2099/1970/future dates, NaN, poison packets, a 24 h outage, all at once."""
     mport = free_port()
@@ -179,8 +197,8 @@ def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_r
         run = RtpickRun(["--config", str(config), "--seedlink", f"127.0.0.1:{server.port}", "--streams", "OK_*,XX_*",
                          "--state-file", str(state), "--begin-time", BEGIN, "--stdout"], workdir, "faults")
         try:
-            run.wait_for(lambda: all(state_stations(state).get(k, 0) >= s for k, s in last.items()), 240,
-                         "state file at the last sequence number of every station")
+            run.wait_for(lambda: all(state_stations(state).get(k, 0) >= s for k, s in last.items()), 150,
+                         "state file at the last sequence number of every station", explain=lambda: _behind(state, last))
             time.sleep(2.0)  # a tick: metrics and picks of the last records
             run.sample_rss()
             metrics = scrape(f"http://127.0.0.1:{mport}/metrics")
@@ -195,6 +213,10 @@ def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_r
     ok = [p for p in published if _station(p).startswith("OK.")]
     ok_ref = {pid: p for pid, p in reference.items() if pid.startswith("OK.")}
     assert_same_picks(ok, ok_ref, data_end_ns, "untouched OK stations")
+    for twin, source in TWINS.items():
+        mine = [p for p in published if _station(p) == twin.replace("_", ".")]
+        ends = {twin.replace("_", "."): data_end_ns[source.replace("_", ".")]}
+        assert_same_picks(mine, _renamed(reference, source, twin), ends, f"{twin} (clean copy of {source})")
     for copy, source, *_ in CASES:
         mine = [p for p in published if _station(p) == copy.replace("_", ".")]
         if copy in SNAPPED:  # a drifting rate is snapped: the very same picks as at the nominal rate
@@ -274,7 +296,7 @@ def test_kill_and_sigterm_ten_times_publish_each_pick_once(reference, data_end_n
             final = RtpickRun(args, tmp_path, "final")
             runs.append(final)
             final.wait_for(lambda: all(state_stations(state).get(k, 0) >= s for k, s in last.items()), 240,
-                           "state file at the last sequence number of every station")
+                           "state file at the last sequence number of every station", explain=lambda: _behind(state, last))
             time.sleep(2.0)
             final.stop(signal.SIGTERM, timeout_s=DRAIN_S + 15)
         finally:
