@@ -341,6 +341,7 @@ class FaultServer:
             self._watch.join(30)
         with self._lock:
             if self._thread is not None:
+                self._sent_before += self._thread.server.packets_sent
                 self._thread.stop()
                 self._thread = None
 
