@@ -279,3 +279,20 @@ def test_swap_model_keeps_queued_windows_and_refuses_a_misfit(oklahoma_dir, pn50
     with pytest.raises(ValueError, match="region 'nowhere'"):
         pipe.swap_model("nowhere", loaded, spec)
     assert pipe.flush() is not None and pipe.stats.windows_failed == 0
+
+
+def test_metrics_name_each_lanes_model_and_count_picks_by_region(two_lanes, pn50):
+    from rtpick.publish.outputs import Outputs
+
+    _, _, picks, pipe = two_lanes
+    outputs = Outputs(two_lane_config(pn50))
+    outputs.attach(pipe)
+    for pick in picks:
+        outputs.metrics.on_pick(pick, 1.0)
+    registry = outputs.registry
+    info = {s.labels["region"]: s.labels for f in registry.collect() if f.name == "rtpick_model_info" for s in f.samples}
+    assert set(info) == {"ok100", "ok50"}
+    for region, lane in pipe.lanes.items():
+        assert (info[region]["model"], info[region]["sha256"]) == (lane.loaded.model_id, lane.loaded.sha256)
+        count = registry.get_sample_value("rtpick_picks_total", {"phase": "P", "region": region})
+        assert count == sum(p.phase == "P" and p.extra["region"] == region for p in picks) > 0
