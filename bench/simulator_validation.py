@@ -121,7 +121,7 @@ def realism(model, ts) -> str:
     (a, b, c), *_ = np.linalg.lstsq(X, np.log10(sim["amp_p"][ok]), rcond=None)
     real["M_equiv"] = (np.log10(real["amp_p"]) - a - c * np.log10(real["R_km"])) / b
     m_eq = float(np.nanmedian(real["M_equiv"]))
-    near = sim[(sim["M"] - m_eq).abs() <= 0.3]
+    near = sim[((sim["M"] - m_eq).abs() <= 0.3) & (sim["R"] >= real["R_km"].min())]  # same size, as far as the simulator reaches
     bands = [f"{lo}-{hi}Hz" for lo, hi in BANDS_HZ]
     lines = ["", "Realism: `induced` vs the bundled Oklahoma 2013-06-16 records (one event, picks by the California PhaseNet)", ""]
     lines.append(real[["station", "sp_s", "R_km", "amp_p", "M_equiv", "snr_db", *bands]].round(2).to_string(index=False))
@@ -132,7 +132,7 @@ def realism(model, ts) -> str:
         f"amplitude: simulated log10 A = {a:.2f} + {b:.2f} M {c:+.2f} log10 R; the real amplitudes need simulated M {m_eq:.2f} "
         f"(spread over stations {np.nanstd(real['M_equiv']):.2f}: a flat M_equiv with distance means the simulated decay fits)",
         f"real decay alone: log10 A vs log10 R slope {np.polyfit(np.log10(real['R_km'].dropna()), np.log10(real.loc[real['R_km'].notna(), 'amp_p']), 1)[0]:+.2f} (simulated {c:+.2f})",
-        f"SNR dB (p5/p50/p95): real {q(real['snr_db'])}   simulated at M {m_eq:.1f}±0.3 {q(near['snr_db'])}   all simulated {q(sim['snr_db'])}",
+        f"SNR dB (p5/p50/p95): real {q(real['snr_db'])}   simulated at M {m_eq:.1f}±0.3, R >= {real['R_km'].min():.0f} km (n={len(near)}) {q(near['snr_db'])}   all simulated {q(sim['snr_db'])}",
         "P/noise spectral ratio dB by band (median): real " + ", ".join(f"{bd} {real[bd].median():.0f}" for bd in bands),
         "                                  simulated at that M " + ", ".join(f"{bd} {near[bd].median():.0f}" for bd in bands),
     ]
