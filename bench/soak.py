@@ -75,7 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--faults", type=int, help="record faults in all (default: one per 10 stations per hour, at least 7)")
     p.add_argument("--restarts", type=int, help="server restarts (default: 5 per hour of data, at least 1)")
     p.add_argument("--slow-subscribers", type=int, default=2, help="ZeroMQ subscribers that read one message a second")
-    p.add_argument("--sndhwm", type=int, default=20, help="the daemon's ZeroMQ high-water mark (default 20)")
+    p.add_argument("--sndhwm", type=int, default=1000, help="the daemon's ZeroMQ high-water mark (default 1000: "
+                   "above a burst of picks, below what a slow subscriber falls behind in a long run)")
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     p.add_argument("--threads", type=int, default=2, help="inference threads of the daemon")
     p.add_argument("--no-reference", action="store_true", help="skip the rtpick replay reference (lost/duplicated)")
@@ -202,7 +203,7 @@ def main() -> None:
     config.write_text(f"[inference]\nthreads = {args.threads}\n[logging]\nlevel = \"INFO\"\n"
                       f"[seedlink]\nnetto_s = 10.0\nreconnect_min_s = 0.1\nreconnect_max_s = 2.0\n"
                       f"[metrics]\nlisten = \"127.0.0.1:{mport}\"\n[publish]\nendpoint = \"{endpoint}\"\n"
-                      # a small high-water mark, so slow subscribers overflow theirs within a short run
+                      # smaller than the default, so that slow subscribers overflow theirs within a soak
                       f"sndhwm = {args.sndhwm}\n")
     server = FaultServer(faulted, speed=args.speed, loop=True, max_packets=400_000).start()
     collector = Subscriber(endpoint)
