@@ -594,8 +594,9 @@ class SwarmAssociator:
         ev.n_at_emit = len(rows)
         clock = time.perf_counter()
         rows, res = self._publish_location(ev, np.asarray(rows, np.int64), np.asarray(res, float))
-        self._locate_pending += time.perf_counter() - clock
-        self.stage_seconds["locate"] += time.perf_counter() - clock
+        elapsed = time.perf_counter() - clock
+        self._locate_pending += elapsed
+        self.stage_seconds["locate"] += elapsed
         e = ev.event
         e.picks = [(self._p_obj[r], float(x)) for r, x in zip(rows, res)]
         e.picks.sort(key=lambda pr: pr[0].time_ns)
