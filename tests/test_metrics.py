@@ -71,7 +71,7 @@ def fake_pipeline(now: float):
         "OK.U32A..HH?": station("OK.U32A..HH?", now - 30, int((now - 40) * 1e9), [9000, 9000, 9000], 8900),
         "OK.NEW..HH?": station("OK.NEW..HH?", 0.0, 0, [None, None, None], 0),
     }
-    return SimpleNamespace(stations=stations, queued=3, stats=SimpleNamespace(windows_dropped=2))
+    return SimpleNamespace(stations=stations, queued=3, stats=SimpleNamespace(windows_dropped=2, windows_failed=1, time_jumps=4, station_errors=0))
 
 
 def test_collector_reads_pipeline_state_at_scrape_time():
@@ -89,6 +89,9 @@ def test_collector_reads_pipeline_state_at_scrape_time():
     assert value("rtpick_stations_live") == 2
     assert value("rtpick_windows_queued") == 3
     assert value("rtpick_windows_dropped_total") == 2
+    assert value("rtpick_windows_failed_total") == 1
+    assert value("rtpick_station_time_jumps_total") == 4
+    assert value("rtpick_station_errors_total") == 0
 
 
 def test_http_endpoint_serves_the_registry():
@@ -131,6 +134,20 @@ def test_ingest_collector():
     assert value("rtpick_ingest_errors_total", {"cause": "timeout"}) == 2
     assert value("rtpick_ingest_state", {"state": "streaming"}) == 1
     assert value("rtpick_ingest_state", {"state": "backoff"}) == 0
+    assert value("rtpick_ingest_missing_stations") == 0
+    stats.missing_stations = frozenset({"OK_GONE", "OK_AWAY"})
+    assert registry.get_sample_value("rtpick_ingest_missing_stations") == 2
+
+
+def test_daemon_collector_reads_state_write_errors():
+    from rtpick.publish.metrics import DaemonCollector
+
+    stats = SimpleNamespace(state_saves=7, state_write_errors=3, picks_suppressed=1)
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(SimpleNamespace(stats=stats)))
+    assert registry.get_sample_value("rtpick_state_write_errors_total") == 3
+    assert registry.get_sample_value("rtpick_state_saves_total") == 7
+    assert registry.get_sample_value("rtpick_picks_suppressed_total") == 1
 
 
 def _series(registry: CollectorRegistry) -> int:
@@ -149,7 +166,7 @@ def test_station_labels_are_capped():
         stations[f"{key}..HH?"] = SimpleNamespace(
             key=f"{key}..HH?", last_arrival=1000.0 - (i == 9_999) * 500, last_data_ns=int(990e9),
             buffer=SimpleNamespace(filled_to=[10, 10, 10], capacity=1000, floor=0))
-    pipeline = SimpleNamespace(stations=stations, queued=0, stats=SimpleNamespace(windows_dropped=0))
+    pipeline = SimpleNamespace(stations=stations, queued=0, stats=SimpleNamespace(windows_dropped=0, windows_failed=0, time_jumps=0, station_errors=0))
     registry.register(PipelineCollector(pipeline, live_after_s=60, clock=lambda: 1000.0, labels=metrics.station_label))
     labels = {s.labels["station"] for f in registry.collect() for s in f.samples if "station" in s.labels}
     assert len(labels) == 101 and "_other" in labels and "XX.S0000" in labels and "XX.S0100" not in labels

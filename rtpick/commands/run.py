@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, ingest, [*sinks, outputs], pipeline=pipeline, state=state,
                     state_path=str(state_path), audit_path=args.audit_log, resume_guard_s=guard_s,
                     hooks=[SystemdHook(outputs, args.config, ingest)])
+    outputs.metrics.watch_daemon(daemon)
     log.info("rtpick run: %s streams %s, state %s (%d stations to resume)", config.seedlink.server,
              list(config.seedlink.streams), state_path, len(state.stations))
     code = daemon.run()

@@ -196,6 +196,12 @@ class Metrics:
         self.registry.register(collector)
         return collector
 
+    def watch_daemon(self, daemon: Any) -> DaemonCollector:
+        """Register the scrape-time collector of the daemon's own counters (state writes, de-duplication)."""
+        collector = DaemonCollector(daemon)
+        self.registry.register(collector)
+        return collector
+
     def watch_ingest(self, ingest: Any) -> IngestCollector | None:
         """Register the scrape-time collector of a SeedLink ingest's counters (if it has ``stats``)."""
         if getattr(ingest, "stats", None) is None:
@@ -263,6 +269,9 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("rtpick_windows_queued", "Windows waiting for the next batch.", value=self.pipeline.queued)
         stats = self.pipeline.stats
         yield CounterMetricFamily("rtpick_windows_dropped", "Windows lost to a buffer overrun (data overwritten before inference).", value=stats.windows_dropped)
+        yield CounterMetricFamily("rtpick_windows_failed", "Windows of batches whose inference raised (not stacked; the stations go on).", value=stats.windows_failed)
+        yield CounterMetricFamily("rtpick_station_time_jumps", "Station restarts after a forward time jump beyond the ring buffer (outage, clock jump).", value=stats.time_jumps)
+        yield CounterMetricFamily("rtpick_station_errors", "Station restarts after its scheduling or picking raised (the other stations go on).", value=stats.station_errors)
 
 
 INGEST_STATES = ("idle", "connecting", "streaming", "backoff", "stopped")
@@ -291,6 +300,21 @@ class IngestCollector(Collector):
         for name in INGEST_STATES:
             state.add_metric([name], 1.0 if stats.state == name else 0.0)
         yield state
+        missing = sorted(getattr(stats, "missing_stations", ()))
+        yield GaugeMetricFamily("rtpick_ingest_missing_stations", "Selected stations the SeedLink server does not have (last connect); the log names them.", value=len(missing))
+
+
+class DaemonCollector(Collector):
+    """Scrape-time counters of the daemon itself (``daemon.stats``): resume-state writes."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterable:
+        stats = self.daemon.stats
+        yield CounterMetricFamily("rtpick_state_saves", "Resume-state files written.", value=stats.state_saves)
+        yield CounterMetricFamily("rtpick_state_write_errors", "Failed resume-state (or audit log) writes: full or read-only disk; picks keep flowing, a crash meanwhile may repeat one.", value=stats.state_write_errors)
+        yield CounterMetricFamily("rtpick_picks_suppressed", "Picks not published because the same pick was published before (restart de-duplication).", value=stats.picks_suppressed)
 
 
 def _snapshot(mapping: dict) -> list:
