@@ -67,7 +67,8 @@ def compute(paths: list[str], start_ns: int, end_ns: int, config: Any, model: An
     pipeline.on_stacked = tap
     lo, hi = start_ns - int(margin_s * NS_PER_S), end_ns + int(margin_s * NS_PER_S)
     picks: list[Pick] = []
-    for record in ReplayIngest(paths, speed=0.0, record_samples=config.replay.record_samples).records():
+    horizon_s = max(lane.spec.buffer_samples / lane.spec.fs for lane in pipeline.lanes.values())
+    for record in ReplayIngest(paths, speed=0.0, record_samples=config.replay.record_samples, max_jump_s=horizon_s).records():
         if record.end_ns >= lo and record.start_ns <= hi:
             picks += pipeline.feed(record)
     picks += pipeline.flush()
