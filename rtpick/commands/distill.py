@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--examples-per-epoch", type=int, default=d.min_examples_per_epoch, help="minimum windows drawn per epoch")
     parser.add_argument("--label-weight", type=float, default=d.label_weight, help="share of the loss on the data's pick labels (0 = teacher probabilities only, for unlabelled data; default 0.5)")
+    parser.add_argument("--phase-weight", type=float, default=d.phase_weight, help="loss weight of the P/S channels against the noise channel (default 10)")
     parser.add_argument("--noise-prob", type=float, default=d.noise_prob, help="probability of injecting the data's noise traces into a window (default 0.5)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (speed is measured with these)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DistillConfig(
         filters_root=args.filters_root, depth=args.depth, stem_stride=args.stem_stride, max_filters=args.max_filters,
         separable=args.separable, epochs=args.epochs, patience=args.patience, lr=args.lr, min_examples_per_epoch=args.examples_per_epoch,
-        label_weight=args.label_weight, noise_prob=args.noise_prob, seed=args.seed, progress=not args.no_progress,
+        label_weight=args.label_weight, phase_weight=args.phase_weight, noise_prob=args.noise_prob, seed=args.seed, progress=not args.no_progress,
     )
     try:
         card = run_distill(args.teacher, args.data, args.out, cfg)

@@ -10,11 +10,13 @@ SeisBench's ``annotate`` would.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rtpick.inference import backends
 from rtpick.stream import dsp
 
 
@@ -36,7 +38,10 @@ def numba_norm_for(model: torch.nn.Module) -> int | None:
 class InferenceEngine:
     """Runs batches of windows through a SeisBench waveform model."""
 
-    def __init__(self, model: torch.nn.Module, argdict: dict[str, Any], threads: int, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, argdict: dict[str, Any], threads: int, device: str = "cpu",
+                 backend: str = "eager", sha256: str = "", cache_dir: Path | None = None, label: str = ""):
+        """``backend``: see :mod:`rtpick.inference.backends` (verified here, eager if refused);
+        ``sha256`` of the weights keys the exported-model cache (computed when not given)."""
         self.model = model
         self.argdict = argdict
         self.device = torch.device(device)
@@ -44,6 +49,9 @@ class InferenceEngine:
         self.in_samples = int(model.in_samples)
         self.n_channels = len(model.component_order)
         torch.set_num_threads(threads)
+        if backend != "eager" and not sha256:
+            sha256 = backends.weights_sha256(model)
+        self.backend = backends.select(backend, model, sha256, threads, cache_dir, self.device.type, label)
 
     def gather(self, data: np.ndarray, have: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
         """Copy (and, when known, normalise) windows of one group into ``out`` rows."""
@@ -58,6 +66,6 @@ class InferenceEngine:
             x = torch.from_numpy(batch).to(self.device)
             if self.norm is None:
                 x = self.model.annotate_batch_pre(x, argdict=self.argdict)
-            y = self.model(x)
+            y = self.backend.forward(x)
             y = self.model.annotate_batch_post(y, piggyback=None, argdict=self.argdict)
             return y.float().cpu().numpy()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,8 @@ class Lane:
         self.batch_size = spec.batch_size
         argdict = {**(getattr(net, "default_args", {}) or {}), **spec.argdict()}
         inf = self.host.config.inference
-        self.engine = InferenceEngine(net, argdict, inf.threads, spec.device)
+        cache_dir = Path(inf.backend_cache_dir).expanduser() if inf.backend_cache_dir else None
+        self.engine = InferenceEngine(net, argdict, inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region)
         self._batch = np.zeros((spec.batch_size, len(spec.component_order), spec.in_samples), dtype=np.float32)
         self._identity = {"region": spec.region, "model_sha256": loaded.sha256}
 

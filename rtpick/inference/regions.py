@@ -228,6 +228,7 @@ class LaneSpec:
     buffer_samples: int  # ring buffer per channel at fs: >= 2 windows + one step
     preprocessing: Preprocessing
     sources: Mapping[str, str]  # "overlap" | "stacking" | "blinding" | "buffer" -> where the value came from
+    backend: str = "eager"  # inference backend (rtpick.inference.backends): region override, else [inference]
 
     def argdict(self) -> dict[str, Any]:
         """The SeisBench annotate arguments of this lane (for the model's batch hooks)."""
@@ -401,6 +402,7 @@ def _lane_spec(config: Config, region: RegionConfig, prefix: str, loaded_models:
         buffer_samples=buffer,
         preprocessing=pre,
         sources=MappingProxyType({"overlap": overlap_src, "stacking": stacking_src, "blinding": blinding_src, "buffer": buffer_src}),
+        backend=region.backend or inf.backend,
     )
 
 

@@ -1,0 +1,298 @@
+"""Inference backends: how a lane's model forward runs, chosen per lane and verified at load.
+
+A backend turns a preprocessed (batch, channels, samples) float32 tensor into the
+model's raw output (what ``annotate_batch_post`` takes). rtpick keeps four:
+
+* ``eager`` — the torch model itself (the reference; always available).
+* ``onnxruntime`` — the model exported to ONNX at load (opset 17, dynamic batch) and
+  run by ONNX Runtime's CPU provider. fp32, so it must reproduce eager.
+* ``bf16`` — the torch model under CPU bfloat16 autocast (worth it only where the
+  CPU has avx512_bf16/AMX; reduced precision).
+* ``int8`` — the ONNX model statically quantised (QDQ, int8 weights per channel,
+  uint8 activations) with activation ranges calibrated on the bundled recorded
+  Oklahoma data (noise and events, rtpick/data/oklahoma_2013-06-16); reduced precision.
+
+``auto`` measures eager and ONNX Runtime (the fp32 backends) on the probe batch at
+load and keeps the faster verified one.
+
+Exported models are cached on disk, keyed by the weights' sha256, the window length
+and the backend (``<cache>/<sha256[:16]>-<in_samples>-<kind>.onnx``; written to a
+temporary file and renamed, so concurrent daemons never read half a file). Delete the
+folder to force a new export. A cache that cannot be written only costs the export
+time at every start (logged).
+
+Verification (every non-eager backend, at load): a seeded probe batch (noise with
+wavelets and a gap, preprocessed like live windows) is run through eager and the
+candidate. fp32 backends must agree within ``FP32_TOLERANCE`` (1e-4, the spine's
+equivalence contract), reduced precision within ``REDUCED_TOLERANCE`` of output
+probability. A backend that fails to build or to verify is refused with the reason
+logged as a warning, and the lane runs eager.
+
+Threads: torch uses ``inference.threads`` intra-op threads; ONNX Runtime sessions
+get the same number of intra-op threads and one inter-op thread; rtpick's numba
+kernels are serial (no ``parallel=True``) and run on the pipeline thread between
+forwards. So the forward never has more than ``threads`` busy threads and nothing
+else computes while it runs: set ``threads`` to the cores you give the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "eager", "onnxruntime", "bf16", "int8")
+FP32 = ("eager", "onnxruntime")
+FP32_TOLERANCE = 1e-4
+REDUCED_TOLERANCE = 0.05  # max |probability difference| on the probe batch for bf16/int8
+ONNX_OPSET = 17
+PROBE_SEED = 20240615
+PROBE_WINDOWS = 16
+
+
+class BackendError(Exception):
+    """A backend that cannot be built or does not reproduce eager; the message says why."""
+
+
+def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$CACHE_DIRECTORY`` (systemd ``CacheDirectory=``), else ``$XDG_CACHE_HOME/rtpick``, else ``~/.cache/rtpick``."""
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    systemd = environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rtpick"
+
+
+class Backend:
+    """A forward: preprocessed batch tensor in, the model's raw output (tensor or tuple of tensors) out."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model(x)
+
+
+class Bf16Backend(Backend):
+    """The torch model under bfloat16 autocast (CPU); outputs cast back to float32."""
+
+    name = "bf16"
+
+    def forward(self, x: torch.Tensor) -> Any:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            y = self.model(x)
+        return tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()
+
+
+class OnnxBackend(Backend):
+    """An ONNX Runtime CPU session of the exported model (fp32 or int8)."""
+
+    def __init__(self, model: torch.nn.Module, path: Path, threads: int, name: str):
+        import onnxruntime as ort
+
+        super().__init__(model)
+        self.name = name
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> Any:
+        outs = [torch.from_numpy(o) for o in self.session.run(None, {self.input: x.detach().cpu().numpy()})]
+        outs = [o.to(x.device) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+# ----------------------------------------------------------------------- probe and export
+def probe_batch(model: torch.nn.Module, windows: int = PROBE_WINDOWS) -> torch.Tensor:
+    """Seeded windows of noise with wavelets (one with a zero-filled gap), preprocessed by the model's own hook."""
+    rng = np.random.default_rng(PROBE_SEED)
+    n, c = int(model.in_samples), len(model.component_order)
+    x = rng.normal(0.0, 1.0, (windows, c, n))
+    t = np.arange(n)
+    for b in range(windows):
+        for arrival in rng.uniform(0.1 * n, 0.9 * n, size=2):
+            tau = (t - arrival) / 100.0
+            x[b] += rng.uniform(5, 50) * np.exp(-((tau / 0.5) ** 2)) * np.sin(2 * np.pi * 6 * tau)
+    x[0, :, : n // 10] = 0.0
+    pre = getattr(model, "annotate_batch_pre", None)
+    xt = torch.from_numpy(x.astype(np.float32))
+    return pre(xt, argdict={}) if pre is not None else xt
+
+
+def _export(model: torch.nn.Module, path: Path) -> None:
+    """ONNX export with a dynamic batch axis (legacy TorchScript exporter: no onnxscript needed)."""
+    x = probe_batch(model, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter of the legacy exporter
+        torch.onnx.export(model, (x,), str(tmp), input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                          opset_version=ONNX_OPSET, dynamo=False)
+    os.replace(tmp, path)
+
+
+def calibration_windows(model: torch.nn.Module, max_windows: int = 64) -> list[np.ndarray]:
+    """Preprocessed windows of the bundled recorded Oklahoma data (noise and events) for int8 calibration."""
+    import obspy
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "oklahoma_2013-06-16"
+    stream = obspy.Stream()
+    for path in sorted(folder.glob("*.msd")):
+        stream += obspy.read(str(path))
+    stream.merge(fill_value=0)
+    n, order = int(model.in_samples), str(model.component_order)
+    windows = []
+    stations = sorted({(tr.stats.network, tr.stats.station, tr.stats.location) for tr in stream})
+    for net, sta, loc in stations:
+        traces = {tr.stats.channel[-1]: tr.data.astype(np.float32) for tr in stream.select(network=net, station=sta, location=loc)}
+        length = min(len(d) for d in traces.values())
+        for start in range(0, length - n + 1, n // 2):
+            windows.append(np.stack([traces.get(comp, np.zeros(length, np.float32))[start:start + n] for comp in order]))
+    windows = windows[:: max(1, len(windows) // max_windows)][:max_windows]
+    batch = torch.from_numpy(np.stack(windows))
+    return list(model.annotate_batch_pre(batch, argdict={}).numpy()[:, None])
+
+
+def _quantise(fp32_path: Path, path: Path, model: torch.nn.Module) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter({"x": w} for w in calibration_windows(model))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = path.with_name(f".{path.name}.{os.getpid()}.pre")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32_path), str(pre))
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    pre.unlink(missing_ok=True)
+    os.replace(tmp, path)
+
+
+def _cached(model: torch.nn.Module, sha256: str, cache_dir: Path, kind: str) -> Path:
+    """The cached ONNX file of ``kind`` ("fp32" or "int8"), exported/quantised first if missing."""
+    path = cache_dir / f"{sha256[:16]}-{int(model.in_samples)}-{kind}.onnx"
+    if path.is_file():
+        return path
+    t0 = time.perf_counter()
+    if kind == "fp32":
+        _export(model, path)
+    else:
+        _quantise(_cached(model, sha256, cache_dir, "fp32"), path, model)
+    log.info("exported %s ONNX model to %s in %.1f s (cached for later starts)", kind, path, time.perf_counter() - t0)
+    return path
+
+
+# -------------------------------------------------------------------------- selection
+def build(name: str, model: torch.nn.Module, sha256: str, threads: int, cache_dir: Path) -> Backend:
+    """The backend ``name`` of ``model`` (unverified); BackendError if it cannot be built."""
+    try:
+        if name == "eager":
+            return Backend(model)
+        if name == "bf16":
+            return Bf16Backend(model)
+        if name in ("onnxruntime", "int8"):
+            path = _cached(model, sha256, cache_dir, "fp32" if name == "onnxruntime" else "int8")
+            return OnnxBackend(model, path, threads, name)
+    except Exception as exc:  # noqa: BLE001 - any failure to build is a refusal with its reason
+        raise BackendError(f"cannot build backend {name!r}: {exc!r}") from exc
+    raise BackendError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
+
+
+def _output(y: Any) -> np.ndarray:
+    parts = y if isinstance(y, (tuple, list)) else (y,)
+    return np.concatenate([p.detach().float().cpu().numpy().ravel() for p in parts])
+
+
+def verify(backend: Backend, reference: np.ndarray, probe: torch.Tensor) -> float:
+    """Max |diff| of ``backend`` to the eager ``reference`` on ``probe``; BackendError beyond its tolerance."""
+    tolerance = FP32_TOLERANCE if backend.name in FP32 else REDUCED_TOLERANCE
+    try:
+        with torch.inference_mode():
+            out = _output(backend.forward(probe))
+    except Exception as exc:  # noqa: BLE001
+        raise BackendError(f"backend {backend.name!r} failed on the probe batch: {exc!r}") from exc
+    if out.shape != reference.shape:
+        raise BackendError(f"backend {backend.name!r} gave {out.size} output values on the probe batch, eager {reference.size}")
+    diff = float(np.max(np.abs(out - reference))) if np.isfinite(out).all() else float("inf")
+    if not diff <= tolerance:
+        raise BackendError(f"backend {backend.name!r} differs from eager by {diff:.3g} on the probe batch (tolerance {tolerance:g})")
+    return diff
+
+
+def _timed(backend: Backend, probe: torch.Tensor, repeats: int = 3) -> float:
+    with torch.inference_mode():
+        backend.forward(probe)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            backend.forward(probe)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def select(name: str, model: torch.nn.Module, sha256: str, threads: int, cache_dir: Path | None = None,
+           device: str = "cpu", label: str = "", builder: Callable[..., Backend] = build) -> Backend:
+    """The verified backend for ``name`` (``auto``: the fastest verified fp32 one); eager when it is refused.
+
+    Non-eager backends exist for CPU only: on another device every name but eager
+    means eager (logged). ``label`` names the lane in log lines; ``builder`` is for tests.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    where = f"region {label}: " if label else ""
+    if name == "eager":
+        return Backend(model)
+    if device != "cpu":
+        log.info("%sbackend %r is CPU-only; device %s runs eager", where, name, device)
+        return Backend(model)
+    candidates = ["onnxruntime"] if name == "auto" else [name]
+    probe = probe_batch(model)
+    eager = Backend(model)
+    with torch.inference_mode():
+        reference = _output(eager.forward(probe))
+    verified: list[Backend] = []
+    for cand in candidates:
+        try:
+            backend = builder(cand, model, sha256, threads, cache_dir)
+            diff = verify(backend, reference, probe)
+        except BackendError as exc:
+            log.warning("%s%s; falling back to eager", where, exc)
+            continue
+        log.info("%sbackend %s verified against eager on %d probe windows (max |diff| %.2g)", where, cand, len(probe), diff)
+        verified.append(backend)
+    if name != "auto":
+        return verified[0] if verified else eager
+    timings = {b.name: _timed(b, probe) for b in [eager, *verified]}
+    best = min([eager, *verified], key=lambda b: timings[b.name])
+    log.info("%sbackend auto: %s (probe forward %s)", where, best.name, ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timings.items()))
+    return best
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the model's parameters and buffers, for models loaded without a weights file hash."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
