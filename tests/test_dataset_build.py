@@ -249,3 +249,20 @@ def test_pseudo_labels_on_the_bundled_oklahoma_data_keep_associated_confident_pi
     quakes = meta[meta["trace_category"] == "earthquake"]
     assert (quakes["trace_p_probability"] >= 0.5).all() and (quakes["trace_p_status"] == "automatic").all()
     assert quakes["source_latitude_deg"].between(34.5, 36.5).all()  # the associator's location of the 15:38:50 event
+
+
+def test_pseudo_labels_on_simulated_traces_follow_the_teacher_and_drop_doubtful_ones(phasenet):
+    from rtpick.adapt.pseudo import PseudoConfig, pseudo_label_traces
+    from rtpick.adapt.simulate import simulate
+
+    ts = simulate("induced", 60, seed=11)
+    out, counts = pseudo_label_traces(phasenet, ts, PseudoConfig())
+    assert counts["traces"] == len(ts) and counts["labelled"] + counts["noise"] + counts["dropped"] == len(ts)
+    meta = out.metadata
+    labelled = meta[meta["trace_category"] == "earthquake"]
+    assert len(labelled) == counts["labelled"] > 0
+    truth = ts.metadata.set_index("trace_name").loc[labelled["trace_name"], "trace_p_arrival_sample"].to_numpy()
+    # confident teacher picks sit on the true onsets (the California model picks these well)
+    assert np.median(np.abs(labelled["trace_p_arrival_sample"].to_numpy() - truth)) <= 10
+    assert labelled.groupby("source_id").size().min() >= PseudoConfig().min_stations
+    assert meta.loc[meta["trace_category"] == "noise", "trace_p_arrival_sample"].isna().all()
