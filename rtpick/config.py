@@ -96,6 +96,15 @@ class PickingConfig(Section):
         return _check_thresholds(value)
 
 
+class EarlyConfig(Section):
+    """Preliminary picks from tip windows: low latency ahead of the exact (final) picks; see docs/messages.md."""
+
+    enabled: bool = Field(False, description="Score each station's newest data with a window aligned to its end every interval_s and publish peaks found there as preliminary picks (topic 'pick_early.NET.STA'), each followed by exactly one final or retraction with the same pick_id. Off = final picks only, exactly as without this section.")
+    interval_s: float = Field(2.0, gt=0, description="Seconds (wall clock) between two tip windows of one station; each costs one extra window of inference, so the extra load is stations / interval_s windows per second.")
+    min_context_s: float = Field(2.0, ge=0, description="A tip-window peak becomes a preliminary pick only if it lies at least this many seconds before the window end (PhaseNet needs data after an onset to shape its peak; less context = earlier but less reliable picks).")
+    match_s: float = Field(0.5, gt=0, description="A final pick of the same station and phase within this many seconds of an open preliminary pick finalises it (takes its pick_id); a preliminary no final can match any more is retracted.")
+
+
 class SeedLinkConfig(Section):
     """SeedLink client ingest (``rtpick run``)."""
 
@@ -246,6 +255,7 @@ class Config(Section):
     stream: StreamConfig = Field(default_factory=StreamConfig, description="Buffers and channel grouping.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Model and batching.")
     picking: PickingConfig = Field(default_factory=PickingConfig, description="Pick extraction.")
+    early: EarlyConfig = Field(default_factory=EarlyConfig, description="Preliminary picks from tip windows.")
     seedlink: SeedLinkConfig = Field(default_factory=SeedLinkConfig, description="SeedLink ingest.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ publication.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")

@@ -48,6 +48,7 @@ from rtpick.config import Config
 from rtpick.inference.lane import Lane, Station
 from rtpick.inference.models import LoadedModel
 from rtpick.inference.regions import LanePlan, LaneSpec, RegionRouter, build_lane_specs, plan_lanes
+from rtpick.picking.early import OpenPick
 from rtpick.stream import dsp
 from rtpick.stream.buffers import ChannelFeed
 from rtpick.stream.windows import Resume
@@ -109,6 +110,7 @@ class Pipeline:
         self._logged: set[tuple[str, str]] = set()
         self._ignored: set[str] = set()
         self._resume: dict[str, tuple[Resume, float]] = {}  # station key -> (resume point, its sampling rate)
+        self._early_open: dict[str, tuple[list[OpenPick], float]] = {}  # station key -> (open preliminaries, rate)
         if plan is None and model is None:
             plan = plan_lanes(config)
         if plan is not None:
@@ -227,6 +229,8 @@ class Pipeline:
     def poll(self, now: float | None = None) -> list[Pick]:
         """Run a lane's partial batches once its oldest window waited ``max_wait_s`` (real-time mode)."""
         now = time.monotonic() if now is None else now
+        for lane in self.lanes.values():
+            lane.queue_tips(now)
         wait = self.config.inference.max_wait_s
         self._serve([lane for lane in self.lanes.values() if lane.queue and now - lane.queue[0].queued_at >= wait])
         return self._take()
@@ -315,6 +319,8 @@ class Pipeline:
                 "pick_from": pick_from,
                 "sampling_rate": station.lane.fs,
             }
+            if station.early is not None and station.early.open:  # preliminaries the restart must close
+                points[key]["early"] = [o.to_json() for o in station.early.open]
         return points
 
     def restore(self, points: dict[str, dict]) -> None:
@@ -324,9 +330,15 @@ class Pipeline:
         ``picked_to`` (else that station starts as usual, logged); a point saved at
         another sampling rate than the station's lane model now runs at is ignored
         (logged, when the station appears). Picks below ``picked_to`` were handled
-        before the restart and are not made again.
+        before the restart and are not made again. Preliminary picks still open in a
+        point (``early``) are handed back to their station, whatever ``early.enabled``
+        is now, so each is still finalised or retracted exactly once.
         """
         for key, point in points.items():
+            try:
+                self._early_open[key] = ([OpenPick.from_json(o) for o in point.get("early", [])], float(point["sampling_rate"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s: open preliminary picks %r ignored: %s", key, point.get("early"), exc)
             try:
                 rate = float(point["sampling_rate"])
                 picked_to = int(point["picked_to"])
@@ -417,13 +429,17 @@ class Pipeline:
         saved = self._resume.pop(key, None)
         if saved is not None:
             station.scheduler.resume = self._resume_at(key, *saved, lane)
+        opened, rate = self._early_open.pop(key, ([], lane.fs))
+        if opened:
+            lane.reopen(station, opened, same_grid=rate == lane.fs)
         self.stations[key] = station
         return station
 
     # ---------------------------------------------------------------- picks
     def emit(self, pick: Pick, station: Station, trigger_end: int) -> None:
-        """A lane's final pick: count it, queue it for the caller, report its latency."""
-        self.stats.picks += 1
+        """A lane's pick (final, preliminary or retraction): count finals, queue it for the caller, report its latency."""
+        if pick.status == "final":
+            self.stats.picks += 1
         self._out.append(pick)
         if self.observer is not None:
             arrival = next((t for idx, t in station.arrivals if idx > trigger_end), time.time())

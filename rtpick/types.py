@@ -33,9 +33,19 @@ class Record:
         return self.start_ns + round(len(self.samples) * NS_PER_S / self.sampling_rate)
 
 
+PICK_STATUSES = ("preliminary", "final", "retracted")
+
+
 @dataclass(slots=True)
 class Pick:
-    """A final phase pick: emitted once no later window can change it, never twice."""
+    """A phase pick: ``final`` once no later window can change it (never twice), or a preliminary/retraction.
+
+    ``preliminary``: from a tip window on the newest data (rtpick.inference.lane),
+    published at once; it is followed by exactly one ``final`` or ``retracted``
+    pick carrying the same ``lifecycle_id``. A final that finalises no preliminary
+    has an empty ``lifecycle_id`` (its id is then its own, see
+    ``rtpick.publish.messages.pick_id``).
+    """
 
     stream_id: str  # NET.STA.LOC.CHA of the vertical (or first) channel of the family
     phase: str  # "P" or "S"
@@ -48,6 +58,10 @@ class Pick:
     model_version: str = ""
     window_ns: tuple[int, int] = (0, 0)  # span of the stacked windows that produced the pick
     extra: dict = field(default_factory=dict)
+    status: str = "final"  # one of PICK_STATUSES
+    lifecycle_id: str = ""  # id shared by a preliminary and its final/retraction; "" = the pick's own id
+    data_arrived_ns: int = 0  # wall clock when the newest record of the window(s) that made the pick arrived
+    made_ns: int = 0  # wall clock when the pipeline made the pick (after its batch's forward pass)
 
     @property
     def station_key(self) -> str:

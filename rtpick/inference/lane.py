@@ -32,6 +32,7 @@ import numpy as np
 from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel
 from rtpick.inference.regions import LaneSpec
+from rtpick.picking.early import EarlyBook, OpenPick, tip_triggers
 from rtpick.picking.extract import TriggerPicker
 from rtpick.stream import dsp
 from rtpick.stream.buffers import ChannelFeed, GroupBuffer, grid_ns
@@ -60,10 +61,18 @@ class Station:
     arrivals: deque = field(default_factory=deque)  # (frontier index, wall time) of recent records
     last_data_ns: int = 0  # end time of the newest record
     last_arrival: float = 0.0  # wall time of the newest record
+    early: EarlyBook | None = None  # open preliminary picks (early.enabled)
+    tip_end: int = -1  # data end of the last tip window (no second one on the same data)
+    stacked_arrival: float = 0.0  # newest arrival among the windows stacked so far (latency of final picks)
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
         return max((f for f in self.buffer.filled_to if f is not None), default=None)
+
+
+def _pick_fields(pick: Pick) -> dict:
+    """A pick's fields as a JSON-friendly dict (rebuilt with ``Pick(**fields)``; resume points)."""
+    return {name: getattr(pick, name) for name in Pick.__slots__ if name not in ("extra",)} | {"extra": dict(pick.extra)}
 
 
 def component_map(order: str) -> dict[str, int]:
@@ -103,6 +112,17 @@ class Lane:
         self.wait_samples = int(round(stream.component_wait_s * self.fs))
         # a forward jump larger than this restarts the station (see rtpick.pipeline)
         self.jump_samples = max(self.capacity // 2, self.wait_samples)
+        # a station is at risk once its oldest pending window starts this far behind its data:
+        # two windows of margin, reduced to one where the ring is just two windows plus a step
+        # (the shortest allowed, e.g. a 50 Hz PhaseNet with the default ring), so that such a
+        # lane still has one step of slack to fill batches instead of running every window alone
+        self.risk_samples = self.capacity - min(2 * self.in_samples, self.capacity - self.in_samples - self.step)
+        early = host.config.early
+        self.early_on = early.enabled
+        self.tip_interval = early.interval_s
+        self.min_context = int(round(early.min_context_s * self.fs))
+        self.match_samples = max(1, int(round(early.match_s * self.fs)))
+        self._tips_due = 0.0  # monotonic time of the next round of tip windows
 
     def _install(self, spec: LaneSpec, loaded: LoadedModel) -> None:
         """Take ``spec``/``loaded`` as the lane's model, engine and identity."""
@@ -138,6 +158,7 @@ class Lane:
             acc=np.zeros((n_classes, self.capacity), dtype=np.float64),
             cnt=np.zeros((n_classes, self.capacity), dtype=np.int32),
             pickers={i: TriggerPicker(self.thresholds[label]) for i, label in enumerate(self.labels) if label in self.thresholds},
+            early=EarlyBook(self.match_samples) if self.early_on else None,
         )
         station.buffer.owner = station  # type: ignore[attr-defined]
         self.stations[key] = station
@@ -155,6 +176,10 @@ class Lane:
         station.cnt[:] = 0
         for picker in station.pickers.values():
             picker.state[:] = 0.0
+        if station.early is not None:
+            for gone in station.early.clear():  # no final can come for them: the data restarts
+                self._retract(station, gone)
+        station.tip_end = -1
         station.arrivals.clear()
         station.last_data_ns = 0
 
@@ -174,7 +199,7 @@ class Lane:
             due += station.scheduler.finish()
         if due:
             now = time.monotonic()
-            self.queue.extend(Window(station, block, start, now) for block, start in due)
+            self.queue.extend(Window(station, block, start, now, station.last_arrival) for block, start in due)
         self.finalize(station)
 
     def at_risk(self, station: Station, frontier: int | None = None) -> bool:
@@ -191,7 +216,7 @@ class Lane:
         oldest = blocks[0].start + blocks[0].pending[0]
         if frontier is None:
             frontier = station.frontier()
-        return frontier - oldest > station.buffer.capacity - 2 * self.in_samples
+        return frontier - oldest > self.risk_samples
 
     def batch_due(self) -> bool:
         """A full batch is queued."""
@@ -205,6 +230,8 @@ class Lane:
         windows covering them, or stay empty (no pick there), and streaming goes on.
         """
         host, stats = self.host, self.host.stats
+        wall0, mono0 = time.time(), time.monotonic()
+        seconds = 0.0
         n = min(len(self.queue), self.batch_size)
         windows = [self.queue.popleft() for _ in range(n)]
         batch = self._batch[:n]
@@ -235,9 +262,16 @@ class Lane:
             self.inference_seconds += seconds
             if host.observer is not None:
                 host.observer.on_batch(n, seconds)
+        t_stack = time.perf_counter()
         touched: dict[int, Station] = {}
+        tips: list[tuple[Window, np.ndarray]] = []
         for i, win in enumerate(windows):  # stack: the one place predictions enter the sums
             station: Station = win.group  # type: ignore[assignment]
+            if win.tip:  # not stacked: its predictions go to the preliminary picker
+                if preds is not None and i in valid:
+                    tips.append((win, preds[i]))
+                continue
+            station.stacked_arrival = max(station.stacked_arrival, win.arrived)
             block = win.block
             block.pending.popleft()
             if preds is not None and i in valid:
@@ -246,6 +280,9 @@ class Lane:
             touched[id(station)] = station
         for station in touched.values():
             self.finalize(station)
+        for win, pred in tips:
+            self._score_tip(win, pred)
+        self._observe_stages(windows, wall0, mono0, seconds, time.perf_counter() - t_stack)
 
     # ---------------------------------------------------------------- picking
     def finalize(self, station: Station) -> None:
@@ -272,12 +309,19 @@ class Lane:
                         skip = min(max(0, block.pick_from.get(self.labels[k], 0) - block.picked_to), values.shape[1])
                     for trig in picker.scan(values[k, skip:], block.picked_to + skip):
                         self._emit(station, block, k, trig)
+                    if station.early is not None:  # preliminaries no later final can match any more
+                        since = picker.open_since
+                        for gone in station.early.expire(self.labels[k], final_to if since is None else since):
+                            self._retract(station, gone)
                 block.picked_to = final_to
             if not block.done:
                 break
             for k, picker in station.pickers.items():
                 for trig in picker.close():
                     self._emit(station, block, k, trig)
+            if station.early is not None and block.end is not None:
+                for gone in station.early.before(block.end):
+                    self._retract(station, gone)
             sched.blocks.popleft()
         while len(station.arrivals) > 1 and station.arrivals[1][0] <= (sched.blocks[0].picked_to if sched.blocks else station.arrivals[-1][0]):
             station.arrivals.popleft()
@@ -308,8 +352,99 @@ class Lane:
                 self.index_to_ns(last + self.in_samples - 1, offset),
             ),
             extra=dict(self._identity),
+            data_arrived_ns=int(station.stacked_arrival * 1e9),
+            made_ns=time.time_ns(),
         )
+        if station.early is not None:
+            matched = station.early.finalise(pick.phase, trig.peak)
+            if matched is not None:
+                pick.lifecycle_id = matched.lifecycle_id
         self.host.emit(pick, station, trig.end)
+
+    # ---------------------------------------------------------------- tip windows
+    def queue_tips(self, now: float) -> None:
+        """Every ``early.interval_s`` (monotonic ``now``): queue one tip window per station with new data.
+
+        The window ends at the station's newest scanned data (all components
+        complete, inside its open block) and is batched with the regular windows;
+        its predictions go to :meth:`_score_tip`, never into the stacked sums.
+        """
+        if not self.early_on or now < self._tips_due:
+            return
+        self._tips_due = now + self.tip_interval
+        for station in self.stations.values():
+            sched = station.scheduler
+            block = sched.open_block
+            end = sched.scanned_to
+            if block is None or end is None or end <= station.tip_end or end - block.start < self.in_samples:
+                continue
+            station.tip_end = end
+            self.queue.append(Window(station, block, end - self.in_samples, now, station.last_arrival, tip=True))
+
+    def reopen(self, station: Station, opened: list[OpenPick], same_grid: bool) -> None:
+        """Preliminary picks a previous process left open (resume points): closed here exactly once.
+
+        Indices saved at another model rate cannot be matched: those are retracted at once.
+        """
+        if not same_grid:
+            for gone in opened:
+                self._retract(station, gone)
+            return
+        if station.early is None:
+            station.early = EarlyBook(self.match_samples)
+        station.early.open.extend(opened)
+
+    def _score_tip(self, win: Window, pred: np.ndarray) -> None:
+        """Preliminary picks from one tip window's predictions (samples, classes); see rtpick.picking.early."""
+        station: Station = win.group  # type: ignore[assignment]
+        sched = station.scheduler
+        if station.early is None or win.block not in sched.blocks:
+            return  # the station restarted, or the block was closed and picked meanwhile
+        floor = sched.final_to(win.block) - win.start  # below it final picks are (or will be) made anyway
+        last_peak = self.in_samples - 1 - self.min_context
+        offset = station.buffer.offset_ns(win.block.start, win.start)
+        for k, picker in station.pickers.items():
+            phase = self.labels[k]
+            for trig in tip_triggers(pred[:, k], picker.threshold, last_peak):
+                index = win.start + trig.peak
+                if trig.peak < floor or not station.early.wanted(phase, index):
+                    continue
+                pick = Pick(
+                    stream_id=station.pick_id,
+                    phase=phase,
+                    time_ns=self.index_to_ns(index, offset),
+                    probability=trig.peak_value,
+                    uncertainty_s=trig.spread_samples / self.fs,
+                    trigger_on_ns=self.index_to_ns(win.start + trig.start, offset),
+                    trigger_off_ns=self.index_to_ns(win.start + trig.end, offset),
+                    model_id=self.loaded.model_id,
+                    model_version=self.loaded.version,
+                    window_ns=(self.index_to_ns(win.start, offset), self.index_to_ns(win.start + self.in_samples - 1, offset)),
+                    extra=dict(self._identity),
+                    status="preliminary",
+                    data_arrived_ns=int(win.arrived * 1e9),
+                    made_ns=time.time_ns(),
+                )
+                pick.lifecycle_id = f"{pick.stream_id}/{phase}/{pick.time_ns}"
+                station.early.add(OpenPick(pick.lifecycle_id, phase, index, _pick_fields(pick)))
+                self.host.emit(pick, station, index)
+
+    def _retract(self, station: Station, gone: OpenPick) -> None:
+        """Publish the retraction of a preliminary pick no final matched (same fields and lifecycle id)."""
+        pick = Pick(**{**gone.fields, "status": "retracted", "lifecycle_id": gone.lifecycle_id, "made_ns": time.time_ns()})
+        self.host.emit(pick, station, gone.index)
+
+    def _observe_stages(self, windows: list[Window], wall0: float, mono0: float, forward_s: float, picking_s: float) -> None:
+        """Latency per stage of one batch to the observer (Prometheus): arrival → batch, batch wait, forward, stacking/picking."""
+        on_stage = getattr(self.host.observer, "on_stage", None)
+        if on_stage is None:
+            return
+        for win in windows:
+            if win.arrived:
+                on_stage("arrival_to_batch", wall0 - win.arrived)
+            on_stage("batch_wait", mono0 - win.queued_at)
+        on_stage("forward", forward_s)
+        on_stage("picking", picking_s)
 
     # ---------------------------------------------------------------- hot swap
     def swap(self, loaded: LoadedModel, spec: LaneSpec) -> None:

@@ -80,7 +80,8 @@ class IngestState:
         for key, point in _mapping(doc, "resume").items():
             if not isinstance(point, dict):
                 raise ValueError(f"resume.{key}: expected an object")
-            resume[key] = {name: _resume_value(f"resume.{key}.{name}", v) for name, v in point.items()}
+            resume[key] = {name: _early_value(f"resume.{key}.early", v) if name == "early" else _resume_value(f"resume.{key}.{name}", v)
+                           for name, v in point.items()}
         audit = _int("audit_bytes", doc.get("audit_bytes", 0), 0, 2**62)
         return cls(stations, channels, picks, audit, resume)
 
@@ -117,6 +118,17 @@ def _resume_value(name: str, value: object) -> int | float | dict:
     if isinstance(value, dict):
         return {str(k): _number(f"{name}.{k}", v) for k, v in value.items()}
     return _number(name, value)
+
+
+def _early_value(name: str, value: object) -> list[dict]:
+    """Open preliminary picks of a resume point (rtpick.picking.early.OpenPick.to_json): checked for shape here."""
+    if not isinstance(value, list):
+        raise ValueError(f"{name}: expected a list")
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("phase"), str)
+                and type(item.get("index")) is int and isinstance(item.get("fields"), dict)):
+            raise ValueError(f"{name}: expected objects with id, phase, index and fields, got {item!r:.60}")
+    return value
 
 
 def _number(name: str, value: object) -> int | float:

@@ -10,6 +10,7 @@ subscribers must ignore fields they do not know.
 from __future__ import annotations
 
 import json
+import time
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -33,11 +34,21 @@ def pick_id(pick: Pick) -> str:
     return f"{pick.stream_id}/{pick.phase}/{int(pick.time_ns)}"
 
 
-def pick_message(pick: Pick) -> dict[str, Any]:
-    """The ``rtpick.pick/1`` document of a pick."""
+def pick_message(pick: Pick, lifecycle: bool = False, published_ns: int | None = None) -> dict[str, Any]:
+    """The ``rtpick.pick/1`` document of a pick.
+
+    Default: the final pick as published on ``pick.NET.STA`` (``pick_id`` its own
+    id, no ``status``: readers of rtpick.pick/1 see exactly what they always saw).
+    ``lifecycle``: the document of topic ``pick_early.NET.STA``, where every pick
+    (preliminary, final, retracted) carries ``status`` and the ``pick_id`` shared by
+    a preliminary and its final or retraction; a final there also names its own
+    id (``final_pick_id``). ``published_ns``: the wall clock of publication
+    (default: now); with ``data_arrived`` it gives the latency added by rtpick.
+    """
+    own = pick_id(pick)
     message = {
         "schema": PICK_SCHEMA,
-        "pick_id": pick_id(pick),
+        "pick_id": (pick.lifecycle_id or own) if lifecycle else own,
         "stream_id": pick.stream_id,
         "phase": pick.phase,
         "time": ns_to_iso(pick.time_ns),
@@ -54,6 +65,13 @@ def pick_message(pick: Pick) -> dict[str, Any]:
         value = pick.extra.get(key)
         if value:
             message[key] = str(value)
+    if lifecycle:
+        message["status"] = pick.status
+        if pick.status == "final":
+            message["final_pick_id"] = own
+    if pick.data_arrived_ns:
+        message["data_arrived"] = ns_to_iso(pick.data_arrived_ns)
+    message["published"] = ns_to_iso(time.time_ns() if published_ns is None else published_ns)
     return message
 
 
@@ -145,7 +163,11 @@ def status_message(
 
 
 def topic_for(message: dict[str, Any]) -> str:
-    """ZeroMQ topic of a message: ``pick.NET.STA``, ``event`` or ``status``.
+    """ZeroMQ topic of a message: ``pick.NET.STA``, ``pick_early.NET.STA``, ``event`` or ``status``.
+
+    ``pick.NET.STA`` carries final picks only (as ever); ``pick_early.NET.STA`` the
+    pick life cycle (messages with ``status``: preliminary, final, retracted) when
+    ``early.enabled``. ``pick.`` does not match ``pick_early.``.
 
     Subscribers filter by prefix: ``pick.`` for all picks, ``pick.OK.`` for one
     network, ``pick.OK.SIO`` for one station (note ``pick.OK.SIO`` also matches
@@ -154,7 +176,7 @@ def topic_for(message: dict[str, Any]) -> str:
     schema = message["schema"]
     if schema == PICK_SCHEMA:
         net, sta = message["stream_id"].split(".")[:2]
-        return f"pick.{net}.{sta}"
+        return f"pick_early.{net}.{sta}" if "status" in message else f"pick.{net}.{sta}"
     if schema == EVENT_SCHEMA:
         return "event"
     if schema == STATUS_SCHEMA:

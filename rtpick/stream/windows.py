@@ -58,6 +58,8 @@ class Window:
     block: Block
     start: int
     queued_at: float = 0.0  # monotonic time the window became due (for max-wait batching)
+    arrived: float = 0.0  # wall clock when the station's newest record (completing the window) arrived
+    tip: bool = False  # a tip window (preliminary picks, not stacked; rtpick.picking.early)
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,0 +1,165 @@
+"""Preliminary picks from tip windows: finals stay exact, every preliminary is closed exactly once.
+
+The data is the bundled Oklahoma 2013 replay, fed in records of random size; a
+simulated clock calls ``poll`` as the daemon does, so tip windows run between
+regular ones. Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+
+import numpy as np
+import obspy
+import pytest
+import torch
+
+from rtpick.config import Config
+from rtpick.inference.models import LoadedModel
+from rtpick.pipeline import Pipeline
+from rtpick.publish.messages import pick_id, pick_message, topic_for, validate_message
+from rtpick.types import Pick
+from tests.oracle import match_picks, shuffled_records
+
+FAMILIES = ["FNO.HH", "W35A.EH", "X34A.HH"]  # W35A has a 20 s gap on every component
+
+
+@pytest.fixture(scope="module")
+def loaded(phasenet) -> LoadedModel:
+    torch.set_num_threads(1)
+    return LoadedModel(phasenet, "seisbench:PhaseNet/original", "1", "")
+
+
+def make_config(early: bool) -> Config:
+    cfg = Config()
+    cfg.stream.component_wait_s = 60.0
+    cfg.inference.batch_size = 16
+    cfg.inference.max_wait_s = 1e9  # partial batches only when the test says (poll with a clock far ahead)
+    cfg.early.enabled = early
+    cfg.early.interval_s = 1.0
+    return cfg
+
+
+def family_stream(oklahoma_dir, family: str) -> obspy.Stream:
+    station, band = family.split(".")
+    return obspy.read(str(oklahoma_dir / f"{station}.{band}?.*"))
+
+
+def run(pipe: Pipeline, records, polls_every: int = 7, flush: bool = True, clock: list[float] | None = None) -> list[Pick]:
+    """Feed ``records``, poll tip windows on a simulated clock (one interval per ``polls_every`` records)."""
+    clock = clock if clock is not None else [0.0]
+    picks: list[Pick] = []
+    for k, rec in enumerate(records):
+        picks += pipe.feed(rec)
+        if k % polls_every == 0:
+            clock[0] += pipe.config.early.interval_s
+            picks += pipe.poll(now=clock[0])
+    picks += pipe.flush() if flush else pipe.drain()
+    return picks
+
+
+def classic(pick: Pick) -> dict:
+    """The pick.NET.STA message without its wall-clock fields."""
+    message = pick_message(pick)
+    message.pop("published")
+    message.pop("data_arrived", None)
+    return message
+
+
+def lifecycles(picks: list[Pick]) -> dict[str, list[str]]:
+    """lifecycle id -> statuses in publication order (a final without preliminary under its own id)."""
+    out: dict[str, list[str]] = {}
+    for pick in picks:
+        out.setdefault(pick.lifecycle_id or pick_id(pick), []).append(pick.status)
+    return out
+
+
+def assert_closed_once(picks: list[Pick]) -> None:
+    for ident, statuses in lifecycles(picks).items():
+        assert statuses in (["final"], ["preliminary", "final"], ["preliminary", "retracted"]), f"{ident}: {statuses}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finals_equal_classify_with_tip_windows(oklahoma_dir, loaded, family):
+    """The oracle holds for final picks with tip windows on; and equals the run with them off."""
+    stream = family_stream(oklahoma_dir, family)
+    records = shuffled_records(stream, np.random.default_rng(zlib.crc32(family.encode())))
+    on = run(Pipeline(make_config(True), loaded), records)
+    off = run(Pipeline(make_config(False), loaded), records)
+    finals = [p for p in on if p.status == "final"]
+    theirs = loaded.model.classify(stream.copy()).picks
+    extra, missing = match_picks(finals, theirs, tolerance_s=0.0101)
+    assert not extra and not missing, f"{family}: extra {extra}, missing {missing}"
+    assert [classic(p) for p in off] == [classic(p) for p in finals]
+    assert all(p.status == "final" and not p.lifecycle_id for p in off)
+    assert_closed_once(on)
+    assert any(p.status == "preliminary" for p in on), "no preliminary pick at all"
+
+
+def test_messages_and_topics(oklahoma_dir, loaded):
+    """Finals keep today's message on pick.NET.STA; the lifecycle goes to pick_early.NET.STA (schema-valid)."""
+    stream = family_stream(oklahoma_dir, "FNO.HH")
+    records = shuffled_records(stream, np.random.default_rng(3))
+    picks = run(Pipeline(make_config(True), loaded), records)
+    for pick in picks:
+        early = pick_message(pick, lifecycle=True)
+        validate_message(early)
+        assert topic_for(early).startswith("pick_early.")
+        assert early["status"] == pick.status and early["pick_id"] == (pick.lifecycle_id or pick_id(pick))
+        if pick.status == "final":
+            classic = pick_message(pick)
+            validate_message(classic)
+            assert topic_for(classic).startswith("pick.") and "status" not in classic
+            assert classic["pick_id"] == pick_id(pick) == early["final_pick_id"]
+
+
+def test_last_picks_are_preliminary_before_any_flush(oklahoma_dir, loaded):
+    """Data stops: the picks near its end come out as preliminaries from polling alone; drain makes no final of them."""
+    stream = family_stream(oklahoma_dir, "FNO.HH")
+    theirs = loaded.model.classify(stream.copy()).picks
+    last = max(p.peak_time for p in theirs if p.phase == "P")
+    cut = stream.copy().trim(endtime=last + 6.0)
+    config = make_config(True)
+    config.inference.max_wait_s = 0.0  # as the daemon after max_wait_s: a poll runs what is queued
+    pipe = Pipeline(config, loaded)
+    clock = [0.0]
+    picks = run(pipe, shuffled_records(cut, np.random.default_rng(9)), flush=False, clock=clock)
+    for _ in range(3):  # the daemon keeps polling after the data stops
+        clock[0] += 1.0
+        picks += pipe.poll(now=clock[0])
+    prelims = [p for p in picks if p.status == "preliminary" and p.phase == "P"]
+    assert any(abs(p.time_ns / 1e9 - last.timestamp) < 0.2 for p in prelims), "the last P is not published as preliminary"
+    finals = [p for p in picks if p.status == "final"]
+    assert all(p.time_ns / 1e9 < last.timestamp - 1 for p in finals if p.phase == "P"), "a pick with incomplete stacking was made final"
+
+
+def test_lifecycle_survives_restart(oklahoma_dir, loaded):
+    """Preliminaries open at a restart are finalised or retracted by the next pipeline, with their ids."""
+    stream = family_stream(oklahoma_dir, "FNO.HH")
+    records = shuffled_records(stream, np.random.default_rng(21), max_jitter_s=0.0)
+    records.sort(key=lambda r: r.end_ns)
+    reference = run(Pipeline(make_config(True), loaded), records)
+    finals_ref = [pick_message(p) | {"pick_id": pick_id(p)} for p in reference if p.status == "final"]
+    # cut where a preliminary is open
+    for cut in range(len(records) // 4, len(records) - 50, 25):
+        first = Pipeline(make_config(True), loaded)
+        before = run(first, records[:cut], flush=False)
+        points = first.resume_points()
+        if any(point.get("early") for point in points.values()):
+            break
+    else:
+        pytest.fail("no cut with an open preliminary pick")
+    second = Pipeline(make_config(True), loaded)
+    second.restore(points)
+    context = [r for r in records[:cut] if r.end_ns > records[cut].start_ns - 60 * 10**9]  # the daemon re-feeds context
+    after = run(second, context + records[cut:])
+    published_before = {(p.phase, p.time_ns) for p in before if p.status == "final"}
+    after = [p for p in after if not (p.status == "final" and (p.phase, p.time_ns) in published_before)]
+    opened = {o["id"] for point in points.values() for o in point.get("early", [])}
+    statuses = lifecycles(before + after)
+    for ident in opened:
+        assert statuses[ident][0] == "preliminary" and statuses[ident][1:] in (["final"], ["retracted"]), f"{ident}: {statuses[ident]}"
+    assert_closed_once(before + after)
+    finals = [pick_message(p) | {"pick_id": pick_id(p)} for p in before + after if p.status == "final"]
+    assert Counter(m["pick_id"] for m in finals) == Counter(m["pick_id"] for m in finals_ref)
