@@ -59,15 +59,15 @@ def configs(stations: int, threads: int, batch: int, pn50: Path) -> dict[str, di
     }
 
 
-def run(config, plan, records) -> tuple[float, dict[str, tuple[int, float]]]:
-    """Wall seconds of feed + flush, and per lane (windows, forward seconds)."""
+def run(config, plan, records) -> tuple[float, dict[str, tuple[int, float, int]]]:
+    """Wall seconds of feed + flush, and per lane (windows, forward seconds, batches)."""
     pipe = Pipeline(config, plan=plan)
     t0 = time.perf_counter()
     for rec in records:
         pipe.feed(rec)
     pipe.flush()
     wall = time.perf_counter() - t0
-    return wall, {region: (lane.windows, lane.inference_seconds) for region, lane in pipe.lanes.items()}
+    return wall, {region: (lane.windows, lane.inference_seconds, lane.batches) for region, lane in pipe.lanes.items()}
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -99,12 +99,12 @@ def main() -> None:
                 results[name].append(run(config, plan, records))
     print(f"{args.stations} stations x {args.seconds} s at 100 Hz, batch {args.batch}, {args.threads} thread(s), "
           f"{args.repeats} repeats; medians (min-max)")
-    print(f"{'contender':20s} {'station-s/s':>22s} {'wall s':>18s} {'rest s (wall - forward)':>24s}   per lane: windows, forward s")
+    print(f"{'contender':20s} {'station-s/s':>22s} {'wall s':>18s} {'rest s (wall - forward)':>24s}   per lane: windows, batches, forward s")
     for name, runs in results.items():
         walls = [wall for wall, _ in runs]
-        rest = [wall - sum(f for _, f in lanes.values()) for wall, lanes in runs]
+        rest = [wall - sum(f for _, f, _ in lanes.values()) for wall, lanes in runs]
         lanes = ", ".join(
-            f"{region}: {runs[0][1][region][0]} windows, {spread([r[1][region][1] for r in runs])} s"
+            f"{region}: {runs[0][1][region][0]} windows in {runs[0][1][region][2]} batches, {spread([r[1][region][1] for r in runs])} s"
             for region in runs[0][1]
         )
         print(f"{name:20s} {spread([station_seconds / w for w in walls], '{:.0f}'):>22s} {spread(walls):>18s} {spread(rest):>24s}   {lanes}")

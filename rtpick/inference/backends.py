@@ -1,22 +1,26 @@
 """Inference backends: how a lane's model forward runs, chosen per lane and verified at load.
 
 A backend turns a preprocessed (batch, channels, samples) float32 tensor into the
-model's raw output (what ``annotate_batch_post`` takes). rtpick keeps four:
+model's raw output (what ``annotate_batch_post`` takes). rtpick keeps three:
 
 * ``eager`` — the torch model itself (the reference; always available).
 * ``onnxruntime`` — the model exported to ONNX at load (opset 17, dynamic batch) and
   run by ONNX Runtime's CPU provider. fp32, so it must reproduce eager.
 * ``bf16`` — the torch model under CPU bfloat16 autocast (worth it only where the
   CPU has avx512_bf16/AMX; reduced precision).
-* ``int8`` — the ONNX model statically quantised (QDQ, int8 weights per channel,
-  uint8 activations) with activation ranges calibrated on the bundled recorded
-  Oklahoma data (noise and events, rtpick/data/oklahoma_2013-06-16); reduced precision.
+
+Not kept: int8 static quantisation (ONNX Runtime QDQ, per-channel weights,
+calibrated on the bundled Oklahoma recordings with min-max or percentile ranges,
+with or without the output layer) was only 1.2-1.5x faster than ONNX Runtime fp32
+on the 2-core development machine and changed P/S F1 on the NCEDC picks at 0.1 s by
+1.3-1.8 points (the limit is 0.5); torch dynamic quantisation does not touch
+PhaseNet (no Linear/LSTM layers).
 
 ``auto`` measures eager and ONNX Runtime (the fp32 backends) on the probe batch at
 load and keeps the faster verified one.
 
 Exported models are cached on disk, keyed by the weights' sha256, the window length
-and the backend (``<cache>/<sha256[:16]>-<in_samples>-<kind>.onnx``; written to a
+(``<cache>/<sha256[:16]>-<in_samples>-fp32.onnx``; written to a
 temporary file and renamed, so concurrent daemons never read half a file). Delete the
 folder to force a new export. A cache that cannot be written only costs the export
 time at every start (logged).
@@ -50,10 +54,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "onnxruntime", "bf16", "int8")
+BACKENDS = ("auto", "eager", "onnxruntime", "bf16")
 FP32 = ("eager", "onnxruntime")
 FP32_TOLERANCE = 1e-4
-REDUCED_TOLERANCE = 0.05  # max |probability difference| on the probe batch for bf16/int8
+REDUCED_TOLERANCE = 0.05  # max |probability difference| on the probe batch for bf16
 ONNX_OPSET = 17
 PROBE_SEED = 20240615
 PROBE_WINDOWS = 16
@@ -97,13 +101,14 @@ class Bf16Backend(Backend):
 
 
 class OnnxBackend(Backend):
-    """An ONNX Runtime CPU session of the exported model (fp32 or int8)."""
+    """An ONNX Runtime CPU session of the exported model."""
 
-    def __init__(self, model: torch.nn.Module, path: Path, threads: int, name: str):
+    name = "onnxruntime"
+
+    def __init__(self, model: torch.nn.Module, path: Path, threads: int):
         import onnxruntime as ort
 
         super().__init__(model)
-        self.name = name
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -146,61 +151,14 @@ def _export(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def calibration_windows(model: torch.nn.Module, max_windows: int = 64) -> list[np.ndarray]:
-    """Preprocessed windows of the bundled recorded Oklahoma data (noise and events) for int8 calibration."""
-    import obspy
-
-    folder = Path(__file__).resolve().parents[1] / "data" / "oklahoma_2013-06-16"
-    stream = obspy.Stream()
-    for path in sorted(folder.glob("*.msd")):
-        stream += obspy.read(str(path))
-    stream.merge(fill_value=0)
-    n, order = int(model.in_samples), str(model.component_order)
-    windows = []
-    stations = sorted({(tr.stats.network, tr.stats.station, tr.stats.location) for tr in stream})
-    for net, sta, loc in stations:
-        traces = {tr.stats.channel[-1]: tr.data.astype(np.float32) for tr in stream.select(network=net, station=sta, location=loc)}
-        length = min(len(d) for d in traces.values())
-        for start in range(0, length - n + 1, n // 2):
-            windows.append(np.stack([traces.get(comp, np.zeros(length, np.float32))[start:start + n] for comp in order]))
-    windows = windows[:: max(1, len(windows) // max_windows)][:max_windows]
-    batch = torch.from_numpy(np.stack(windows))
-    return list(model.annotate_batch_pre(batch, argdict={}).numpy()[:, None])
-
-
-def _quantise(fp32_path: Path, path: Path, model: torch.nn.Module) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter({"x": w} for w in calibration_windows(model))
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = path.with_name(f".{path.name}.{os.getpid()}.pre")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quant_pre_process(str(fp32_path), str(pre))
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    pre.unlink(missing_ok=True)
-    os.replace(tmp, path)
-
-
-def _cached(model: torch.nn.Module, sha256: str, cache_dir: Path, kind: str) -> Path:
-    """The cached ONNX file of ``kind`` ("fp32" or "int8"), exported/quantised first if missing."""
-    path = cache_dir / f"{sha256[:16]}-{int(model.in_samples)}-{kind}.onnx"
+def _cached(model: torch.nn.Module, sha256: str, cache_dir: Path) -> Path:
+    """The cached ONNX file of the model, exported first if missing."""
+    path = cache_dir / f"{sha256[:16]}-{int(model.in_samples)}-fp32.onnx"
     if path.is_file():
         return path
     t0 = time.perf_counter()
-    if kind == "fp32":
-        _export(model, path)
-    else:
-        _quantise(_cached(model, sha256, cache_dir, "fp32"), path, model)
-    log.info("exported %s ONNX model to %s in %.1f s (cached for later starts)", kind, path, time.perf_counter() - t0)
+    _export(model, path)
+    log.info("exported the model to ONNX at %s in %.1f s (cached for later starts)", path, time.perf_counter() - t0)
     return path
 
 
@@ -212,9 +170,8 @@ def build(name: str, model: torch.nn.Module, sha256: str, threads: int, cache_di
             return Backend(model)
         if name == "bf16":
             return Bf16Backend(model)
-        if name in ("onnxruntime", "int8"):
-            path = _cached(model, sha256, cache_dir, "fp32" if name == "onnxruntime" else "int8")
-            return OnnxBackend(model, path, threads, name)
+        if name == "onnxruntime":
+            return OnnxBackend(model, _cached(model, sha256, cache_dir), threads)
     except Exception as exc:  # noqa: BLE001 - any failure to build is a refusal with its reason
         raise BackendError(f"cannot build backend {name!r}: {exc!r}") from exc
     raise BackendError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")

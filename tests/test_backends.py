@@ -1,0 +1,126 @@
+"""Inference backends: verified against eager at load, refused (eager) when they differ, pick quality kept.
+
+* A deliberately broken backend is refused with a logged reason and the lane runs eager.
+* ONNX Runtime (fp32) passes the spine's equivalence oracle unchanged: the oracle's
+  own tests are collected here again with a config that selects it.
+* Reduced precision (bf16) changes P and S F1 on the NCEDC picks at 0.1 s and
+  0.5 s tolerance by at most 0.5 point.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from rtpick.adapt.datasets import load_npz
+from rtpick.adapt.evaluate import TOLERANCES_S, metrics, predict_peaks
+from rtpick.config import Config
+from rtpick.inference import backends
+from rtpick.inference.engine import InferenceEngine
+from rtpick.inference.models import LoadedModel
+from tests.conftest import NCEDC_NPZ
+
+ort = pytest.importorskip("onnxruntime")
+
+# the oracle, unchanged, with ONNX Runtime: pytest collects these here with this module's fixtures
+from tests.test_oracle import test_gap_station_has_two_blocks, test_native_rate_equals_seisbench  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def loaded(phasenet) -> LoadedModel:
+    torch.set_num_threads(1)
+    return LoadedModel(phasenet, "seisbench:PhaseNet/original", "1", "0123456789abcdef" * 4)
+
+
+@pytest.fixture(scope="module")
+def config(cache_dir) -> Config:
+    cfg = Config()
+    cfg.stream.component_wait_s = 60.0
+    cfg.inference.batch_size = 16
+    cfg.inference.backend = "onnxruntime"
+    cfg.inference.backend_cache_dir = str(cache_dir)
+    return cfg
+
+
+class _Broken(backends.Backend):
+    """Eager plus an offset well above the fp32 tolerance: must never be used."""
+
+    name = "onnxruntime"
+
+    def forward(self, x):
+        return self.model(x) + 1e-3
+
+
+def test_broken_backend_falls_back_to_eager(phasenet, cache_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="rtpick.inference.backends"):
+        chosen = backends.select("onnxruntime", phasenet, "ab" * 32, 1, cache_dir, label="north",
+                                 builder=lambda name, model, *a: _Broken(model))
+    assert type(chosen) is backends.Backend and chosen.name == "eager"
+    assert "region north: backend 'onnxruntime' differs from eager" in caplog.text
+    assert "falling back to eager" in caplog.text
+
+
+def test_unbuildable_backend_falls_back_to_eager(phasenet, cache_dir, caplog):
+    def fail(*_):
+        raise backends.BackendError("cannot build backend 'bf16': no bf16")
+
+    with caplog.at_level(logging.WARNING, logger="rtpick.inference.backends"):
+        chosen = backends.select("bf16", phasenet, "ab" * 32, 1, cache_dir, builder=fail)
+    assert chosen.name == "eager" and "no bf16" in caplog.text
+
+
+def test_onnx_export_is_cached_by_sha256(phasenet, cache_dir):
+    engine = InferenceEngine(phasenet, {}, 1, backend="onnxruntime", sha256="cd" * 32, cache_dir=cache_dir)
+    assert engine.backend.name == "onnxruntime"
+    files = sorted(p.name for p in cache_dir.glob("cdcdcdcd*.onnx"))
+    assert files == [f"{'cd' * 8}-3001-fp32.onnx"]
+    mtime = (cache_dir / files[0]).stat().st_mtime_ns
+    InferenceEngine(phasenet, {}, 1, backend="onnxruntime", sha256="cd" * 32, cache_dir=cache_dir)
+    assert (cache_dir / files[0]).stat().st_mtime_ns == mtime  # reused, not exported again
+
+
+def test_auto_picks_a_verified_fp32_backend(phasenet, cache_dir):
+    chosen = backends.select("auto", phasenet, "ef" * 32, 1, cache_dir)
+    assert chosen.name in backends.FP32
+
+
+class _AsModule(torch.nn.Module):
+    """A backend wearing its model's clothes, for the evaluation helpers."""
+
+    def __init__(self, model, backend):
+        super().__init__()
+        self.inner, self.backend = model, backend
+        self.in_samples, self.labels = model.in_samples, model.labels
+
+    def annotate_batch_pre(self, x, argdict):
+        return self.inner.annotate_batch_pre(x, argdict)
+
+    def forward(self, x):
+        return self.backend.forward(x)
+
+
+@pytest.mark.parametrize("name", ["bf16"])
+def test_reduced_precision_keeps_f1(phasenet, cache_dir, name):
+    ts = load_npz(NCEDC_NPZ)
+    backend = backends.select(name, phasenet, "12" * 32, 2, cache_dir)
+    assert backend.name == name, "reduced-precision backend was refused at load"
+    thresholds = {"P": 0.3, "S": 0.3}
+    ref = metrics(predict_peaks(phasenet, ts), thresholds)
+    got = metrics(predict_peaks(_AsModule(phasenet, backend), ts), thresholds)
+    for phase in ("P", "S"):
+        for tol in TOLERANCES_S:
+            f_ref, f_got = ref[phase][f"{tol:g}s"]["f1"], got[phase][f"{tol:g}s"]["f1"]
+            assert abs(f_got - f_ref) <= 0.005, f"{name} {phase} F1@{tol:g}s: {f_got:.4f} vs eager {f_ref:.4f}"
+
+
+def test_probe_batch_is_deterministic(phasenet):
+    a, b = backends.probe_batch(phasenet), backends.probe_batch(phasenet)
+    assert torch.equal(a, b) and a.shape == (backends.PROBE_WINDOWS, 3, 3001) and np.isfinite(a.numpy()).all()
