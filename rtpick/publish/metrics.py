@@ -49,6 +49,10 @@ LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 DATA_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+# Latency stages of a pick (Lane._observe_stages, on_record, on_published), in data-flow order
+STAGES = ("record_to_arrival", "arrival_to_batch", "batch_wait", "forward", "picking", "publish")
+PICK_STATUSES = ("preliminary", "final", "retracted")
 
 
 class MetricsError(Exception):
@@ -116,6 +120,27 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage_latency = Histogram(
+            "rtpick_stage_latency_seconds",
+            "Latency per stage: record_to_arrival (record end to arrival), arrival_to_batch (arrival of a window's newest record to its batch), "
+            "batch_wait (window due to its batch), forward (one forward pass), picking (stacking and picking of one batch), publish (pick made to published).",
+            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+        )
+        self.pick_added = Histogram(
+            "rtpick_pick_added_latency_seconds", "Latency rtpick added to a pick: its publication minus the arrival of the newest data it depended on, by status.",
+            ["status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.pick_delay = Histogram(
+            "rtpick_pick_delay_seconds", "Pick latency: its publication minus the pick (phase arrival) time, by status (preliminary, final, retracted).",
+            ["status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.early_picks = Counter("rtpick_early_picks_total", "Preliminary picks and retractions (early.enabled), by status.", ["status"], registry=r)
+        self._stages = {stage: self.stage_latency.labels(stage) for stage in STAGES}
+        for status in PICK_STATUSES:
+            self.pick_added.labels(status)
+            self.pick_delay.labels(status)
+        for status in ("preliminary", "retracted"):
+            self.early_picks.labels(status)
         self.events = Counter("rtpick_events_total", "Event messages (every revision), by whether the revision is final.", ["final"], registry=r)
         self.model_info = Gauge("rtpick_model_info", "Loaded models (value 1), with identity labels.", ["region", "model", "version", "sha256"], registry=r)
         self.model_reload_failures = Counter(
@@ -145,6 +170,7 @@ class Metrics:
         children[0].inc()
         children[1].inc(n_samples)
         self.data_latency.observe(arrival_latency_s)
+        self._stages["record_to_arrival"].observe(max(arrival_latency_s, 0.0))
 
     def on_gap(self, stream_id: str) -> None:
         self.gaps.labels(self.station_label(station_of(stream_id))).inc()
@@ -165,8 +191,23 @@ class Metrics:
         self.inference.observe(seconds)
 
     def on_pick(self, pick: Pick, latency_s: float) -> None:
+        if pick.status != "final":
+            self.early_picks.labels(pick.status).inc()
+            return
         self.picks.labels(pick.phase, str(pick.extra.get("region") or "default")).inc()
         self.pick_latency.observe(max(latency_s, 0.0))
+
+    def on_stage(self, stage: str, seconds: float) -> None:
+        """One latency observation of a pipeline stage (``STAGES``)."""
+        self._stages[stage].observe(max(seconds, 0.0))
+
+    def on_published(self, pick: Pick, published_ns: int) -> None:
+        """A pick left on ZeroMQ at ``published_ns`` (wall clock): publish stage, added latency and pick latency by status."""
+        if pick.made_ns:
+            self._stages["publish"].observe(max(published_ns - pick.made_ns, 0) / NS_PER_S)
+        if pick.data_arrived_ns:
+            self.pick_added.labels(pick.status).observe(max(published_ns - pick.data_arrived_ns, 0) / NS_PER_S)
+        self.pick_delay.labels(pick.status).observe(max(published_ns - pick.time_ns, 0) / NS_PER_S)
 
     # -- other components ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry
 
-from rtpick.publish.messages import status_message
+from rtpick.publish.messages import pick_message, status_message
 from rtpick.publish.metrics import Metrics, MetricsError, rtpick_version, start_http_server
 from rtpick.publish.zmq import Publisher, PublishError
 from rtpick.types import NS_PER_S, Event, Pick
@@ -48,8 +48,9 @@ class Outputs:
         self.started_at = time.time()
         self._http: Any = None
         self._next_status = 0.0
-        self.picks_published = 0
+        self.picks_published = 0  # final picks (the status heartbeat's count)
         self.events_published = 0
+        self.lifecycle = config.early.enabled  # also publish on pick_early.NET.STA
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -114,11 +115,18 @@ class Outputs:
     # -- messages -----------------------------------------------------------------------------
 
     def publish_picks(self, picks: Iterable[Pick]) -> None:
+        """Final picks on ``pick.NET.STA`` as ever; the life cycle (with ``early.enabled``, or a preliminary's
+        final/retraction after a restart) on ``pick_early.NET.STA`` (docs/messages.md)."""
         if self.publisher is None:
             return
+        now = time.time_ns()
         for pick in picks:
-            self.publisher.publish_pick(pick)
-            self.picks_published += 1
+            if pick.status == "final":
+                self.publisher.publish(pick_message(pick, published_ns=now))
+                self.picks_published += 1
+            if self.lifecycle or pick.status != "final" or pick.lifecycle_id:
+                self.publisher.publish(pick_message(pick, lifecycle=True, published_ns=now))
+            self.metrics.on_published(pick, now)
 
     def publish_event(self, event: Event) -> None:
         self.metrics.on_event(event.final)

@@ -121,8 +121,9 @@ class StdoutSink:
             return
         from rtpick.publish.messages import pick_message
 
-        for pick in picks:
-            self.stream.write(json.dumps(pick_message(pick)) + "\n")
+        for pick in picks:  # a preliminary's life cycle in its own form (status, shared pick_id), a plain final as ever
+            lifecycle = pick.status != "final" or bool(pick.lifecycle_id)
+            self.stream.write(json.dumps(pick_message(pick, lifecycle=lifecycle)) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -145,7 +146,7 @@ class ListSink:
 @dataclass
 class DaemonStats:
     records_fed: int = 0
-    picks_published: int = 0
+    picks_published: int = 0  # picks handed to the sinks, every status
     picks_suppressed: int = 0  # duplicates of already published picks (after a restart)
     state_saves: int = 0
     state_write_errors: int = 0  # failed state (or audit log) writes: full or read-only disk
@@ -424,8 +425,18 @@ class Daemon:
         return floors
 
     def _publish(self, picks: list[Pick]) -> None:
-        """Hold new final picks for the next state save; drop those the previous process dealt with."""
+        """Hold new picks for the next state save; drop final picks the previous process dealt with.
+
+        Preliminary picks and retractions are held too (the save that remembers a
+        preliminary as open in the resume points must precede it, so a restart can
+        still close it), but never suppressed: each is made once per process, and a
+        restarted pipeline makes none for data before its restored ``picked_to``.
+        """
         for pick in picks:
+            if pick.status != "final":
+                self._held.append(pick)
+                self._dirty = True
+                continue
             key = f"{pick.stream_id}|{pick.phase}"
             if pick.time_ns < self._pick_floor.get(pick.stream_id, pick.time_ns) or self.state.is_published(key, pick.time_ns):
                 self.stats.picks_suppressed += 1
