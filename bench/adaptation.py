@@ -13,8 +13,10 @@ table says what share of the supervised closure at the same N they recover.
 Full grid (minutes on a GPU: --device cuda; hours on a CPU):
     python bench/adaptation.py --device cuda --n 50,100,250,500,1000,2000 --strategies full,frozen-encoder,discriminative \
         --seeds 3 --subsets 3 --epochs 30 --pool 6000 --pseudo-n 100,500,1000 --distill
-Reduced, on a shared CPU (~25 min):
+Reduced, on a shared CPU (~20 min; full fine-tuning only, 2 subsets, 1 seed, 10 epochs):
     python bench/adaptation.py --quick
+    # = --n 100,500,1000 --strategies full --subsets 2 --seeds 1 --pseudo-n 500 --epochs 10 --patience 3
+    #   --lr 1e-3 --pool 2500 --distill --distill-epochs 25
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench/results/adaptation")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.strategies, args.seeds, args.subsets, args.pseudo_n = "100,500,1000", "full,frozen-encoder", 1, 2, "500"
+        args.n, args.strategies, args.seeds, args.subsets, args.pseudo_n = "100,500,1000", "full", 1, 2, "500"
         args.epochs, args.patience, args.lr, args.pool, args.distill, args.distill_epochs = 10, 3, 1e-3, 2500, True, 25
     return args
 
