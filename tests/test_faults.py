@@ -170,6 +170,14 @@ def assert_same_picks(published: list[dict], reference: dict[str, dict], data_en
     assert not missing, f"{what}: replay picks never published: {missing}"
 
 
+def _ready(metrics_port: int) -> bool:
+    """The daemon says it is ready (model loaded, ingest connected): ``rtpick_ready`` is 1."""
+    try:
+        return scrape(f"http://127.0.0.1:{metrics_port}/metrics", timeout_s=2.0).get(("rtpick_ready", frozenset())) == 1.0
+    except OSError:
+        return False
+
+
 def _behind(state: Path, last: dict[str, int]) -> str:
     """Stations whose saved position has not reached their last sequence number, for failure messages."""
     saved = state_stations(state)
@@ -269,7 +277,6 @@ def test_kill_and_sigterm_ten_times_publish_each_pick_once(reference, data_end_n
     seed = int(os.environ.get("RTPICK_FAULT_SEED", random.randrange(1 << 30)))
     print(f"RTPICK_FAULT_SEED={seed}")
     rng = random.Random(seed)
-    config = _config(tmp_path / "rtpick.toml")
     state = tmp_path / "restarts.state"
     archive = FaultArchive([OKLAHOMA])
     last = {}
@@ -280,21 +287,28 @@ def test_kill_and_sigterm_ten_times_publish_each_pick_once(reference, data_end_n
     # speed 2: the 6-minute archive is released over 3 minutes, the event (data minute 1-2) while
     # the first few processes come and go, so stops hit picks in flight
     with FaultServer(archive, speed=2.0) as server:
-        args = ["--config", str(config), "--seedlink", f"127.0.0.1:{server.port}", "--streams", "OK_*",
-                "--state-file", str(state), "--begin-time", BEGIN, "--stdout"]
+        def start(name: str) -> tuple[RtpickRun, int]:
+            mport = free_port()
+            config = _config(tmp_path / f"{name}.toml", mport)
+            run = RtpickRun(["--config", str(config), "--seedlink", f"127.0.0.1:{server.port}", "--streams", "OK_*",
+                             "--state-file", str(state), "--begin-time", BEGIN, "--stdout"], tmp_path, name)
+            runs.append(run)
+            return run, mport
+
         try:
             for i in range(10):
-                sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
-                run = RtpickRun(args, tmp_path, f"run{i}")
-                runs.append(run)
-                delay = rng.uniform(4.0, 14.0)
+                run, mport = start(f"run{i}")
+                if i % 2 == 0:  # kill -9 at any moment, start-up included
+                    sig, delay = signal.SIGKILL, rng.uniform(2.0, 14.0)
+                else:  # SIGTERM once the daemon runs (before, Python's default action ends it: nothing to drain)
+                    sig, delay = signal.SIGTERM, rng.uniform(0.5, 8.0)
+                    run.wait_for(lambda m=mport: _ready(m), 120, "rtpick_ready 1")
                 run.wait_for(lambda d=time.monotonic() + delay: time.monotonic() >= d, delay + 5, "the stop moment")
                 stops.append((sig.name, round(delay, 2), sum(state_stations(state).values())))
                 run.stop(sig, timeout_s=DRAIN_S + 15)
                 if sig == signal.SIGTERM:
                     assert run.proc.returncode == 0, run.stderr()
-            final = RtpickRun(args, tmp_path, "final")
-            runs.append(final)
+            final, _ = start("final")
             final.wait_for(lambda: all(state_stations(state).get(k, 0) >= s for k, s in last.items()), 240,
                            "state file at the last sequence number of every station", explain=lambda: _behind(state, last))
             time.sleep(2.0)
@@ -302,7 +316,7 @@ def test_kill_and_sigterm_ten_times_publish_each_pick_once(reference, data_end_n
         finally:
             for run in runs:
                 run.kill()
-    print("stops (signal, seconds after start, records saved):", stops)
+    print("stops (signal, seconds after start or ready, records saved):", stops)
     assert final.proc.returncode == 0, final.stderr()
     published = [p for run in runs for p in run.picks()]
     print(f"published {len(published)} picks over {len(runs)} processes; replay {len(reference)}")
