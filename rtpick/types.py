@@ -120,6 +120,7 @@ class Event:
     rms_residual_s: float = 0.0
     score: float = 0.0  # associator support: sum of the associated picks' weighted probabilities
     final: bool = False
+    cancelled: bool = False  # the event lost its support (retracted preliminary picks): this last revision withdraws it
     created_ns: int = 0  # wall clock when this revision was made (latency measurements)
     associator: str = "rtpick.swarm"
     extra: dict = field(default_factory=dict)

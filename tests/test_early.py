@@ -163,3 +163,85 @@ def test_lifecycle_survives_restart(oklahoma_dir, loaded):
     assert_closed_once(before + after)
     finals = [pick_message(p) | {"pick_id": pick_id(p)} for p in before + after if p.status == "final"]
     assert Counter(m["pick_id"] for m in finals) == Counter(m["pick_id"] for m in finals_ref)
+
+
+# -- early events ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assoc_parts(oklahoma_dir):
+    from rtpick.associate import load_stations, load_table
+
+    table = load_table(str(oklahoma_dir / "Oklahoma.nd"))
+    st = load_stations(oklahoma_dir / "tt_stations_1D.db", network="OK")
+    _, first = np.unique(np.round(np.c_[st.latitude, st.longitude], 3), axis=0, return_index=True)
+    st = st.subset(np.sort(first))
+    inside = (np.abs(st.latitude - 35.8) < 0.675) & (np.abs(st.longitude + 97.0) < 0.83)
+    return st.subset(np.flatnonzero(inside)), table
+
+
+def _preliminary_p(stations, table, lat, lon, depth, origin_ns, max_km=40.0) -> list[Pick]:
+    from rtpick.associate.stations import distance_km
+
+    d = distance_km(lat, lon, stations.latitude, stations.longitude)
+    out = []
+    for i in np.flatnonzero(d < max_km):
+        t = origin_ns + int(table(0, d[i], depth, stations.elevation_m[i]) * 1e9)
+        pick = Pick(f"{stations.keys[i]}..HHZ", "P", t, 0.6, 0.05, t, t, "test", status="preliminary")
+        pick.lifecycle_id = pick_id(pick)
+        out.append(pick)
+    return out
+
+
+def _closing(pick: Pick, status: str, shift_ns: int = 0) -> Pick:
+    return Pick(pick.stream_id, pick.phase, pick.time_ns + shift_ns, 0.9, 0.05, pick.time_ns, pick.time_ns, "test",
+                status=status, lifecycle_id=pick.lifecycle_id)
+
+
+def test_event_from_preliminary_picks_then_finals_replace_them(assoc_parts):
+    """A first revision from preliminary P picks alone; the next revision carries their finals."""
+    from rtpick.associate import SwarmAssociator
+    from rtpick.publish.messages import event_message
+
+    stations, table = assoc_parts
+    origin = 1_700_000_000 * 10**9
+    prelims = _preliminary_p(stations, table, 35.8, -97.1, 5.0, origin)
+    assert len(prelims) >= 8
+    assoc = SwarmAssociator(stations, table)
+    for pick in prelims:
+        assoc.push(pick)
+    first = assoc.step()
+    assert first and all(p.status == "preliminary" for p, _ in first[-1].picks)
+    message = event_message(first[-1])
+    validate_message(message)
+    assert message["n_preliminary"] == len(first[-1].picks)
+    for pick in prelims:
+        assoc.push(_closing(pick, "final", shift_ns=10**7))
+    later = assoc.step() + assoc.flush()
+    last = later[-1]
+    assert last.event_id == first[-1].event_id and not last.cancelled
+    assert all(p.status == "final" for p, _ in last.picks)
+    assert assoc.counters["early_finalised"] == len(prelims)
+
+
+def test_event_losing_its_support_is_cancelled_once(assoc_parts):
+    from rtpick.associate import SwarmAssociator
+    from rtpick.publish.messages import event_message
+
+    stations, table = assoc_parts
+    origin = 1_700_000_000 * 10**9
+    prelims = _preliminary_p(stations, table, 35.8, -97.1, 5.0, origin)
+    assoc = SwarmAssociator(stations, table)
+    for pick in prelims:
+        assoc.push(pick)
+    first = assoc.step()
+    assert first
+    for pick in prelims:
+        assoc.push(_closing(pick, "retracted"))
+    events = assoc.step() + assoc.flush()
+    cancelled = [e for e in events if e.cancelled]
+    assert len(cancelled) == 1 and cancelled[0].event_id == first[-1].event_id and cancelled[0].final
+    message = event_message(cancelled[0])
+    validate_message(message)
+    assert message["cancelled"] is True
+    assert not [e for e in events if e.event_id == first[-1].event_id and not e.cancelled]

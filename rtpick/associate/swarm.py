@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from rtpick.associate import kernels
+from rtpick.associate.early import close_lifecycles
 from rtpick.associate.locate import Locator, LocatorSettings
 from rtpick.associate.settings import LIVE_SETTINGS, AssociatorSettings
 from rtpick.associate.stations import Stations, distance_km
@@ -55,6 +56,7 @@ class _OpenEvent:
     dirty: bool = False
     first_seen: float = 0.0
     rejected: dict = field(default_factory=dict)  # id(pick) -> (pick, residual s) the locator rejected; never swept back
+    refresh: bool = False  # a preliminary pick was finalised or retracted: revise at the next step (rtpick.associate.early)
 
 
 class SwarmAssociator:
@@ -93,6 +95,8 @@ class SwarmAssociator:
         self._p_state = np.zeros(0, np.int8)
         self._p_obj: list[Pick] = []
         self._new: list[Pick] = []
+        self._closing: list[Pick] = []  # finals and retractions of preliminary picks (rtpick.associate.early)
+        self._life: dict[str, Pick] = {}  # lifecycle id -> preliminary pick in the pool
         self._open: list[_OpenEvent] = []
         self._last_step: float | None = None
         self._stack_changed = False
@@ -175,6 +179,13 @@ class SwarmAssociator:
             return False
         if self._base_ns is None:
             self._base_ns = pick.time_ns - int(600 * NS_PER_S)
+        if pick.status == "retracted" or (pick.status == "final" and pick.lifecycle_id in self._life):
+            self._closing.append(pick)
+            return True
+        if pick.status == "retracted":
+            return True
+        if pick.status == "preliminary":
+            self._life[pick.lifecycle_id] = pick
         self._new.append(pick)
         return True
 
@@ -208,6 +219,9 @@ class SwarmAssociator:
         self._update_rates(now)
         clock = self._lap("ingest", clock)
         self._attach(rows, out)
+        if self._closing:
+            closing, self._closing = self._closing, []
+            close_lifecycles(self, closing, out)
         clock = self._lap("attach", clock)
         self._relocate_dirty(out)
         clock = self._lap("relocate", clock)
@@ -344,9 +358,9 @@ class SwarmAssociator:
                 continue
             n = len(ev.slots)
             first_s = ev.event.n_s == 0 and any(ph == 1 for (_, ph) in ev.slots)
-            if n - ev.n_at_emit < max(2, 0.25 * ev.n_at_emit) and not first_s:
+            if n - ev.n_at_emit < max(2, 0.25 * ev.n_at_emit) and not first_s and not ev.refresh:
                 continue
-            ev.dirty = False
+            ev.dirty = ev.refresh = False
             rows = np.array(list(ev.slots.values()), np.int64)
             sol = self._locate(rows, ev.lat, ev.lon, ev.depth, ev.t0, span_km=self.s.grid_spacing_km)
             if sol is None:
@@ -677,6 +691,8 @@ class SwarmAssociator:
             else:
                 still.append(ev)
         self._open = still
+        if self._life:  # preliminaries expired from the pool: their closing picks are plain picks
+            self._life = {k: p for k, p in self._life.items() if self._sec(p.time_ns) >= limit}
         old = np.flatnonzero((self._p_t < limit) & (self._p_state == 0))
         if len(old):
             self._vote(old, -1.0)

@@ -101,6 +101,7 @@ def event_message(event: Event) -> dict[str, Any]:
         "n_stations": event.n_stations,
         "associator": event.associator,
         "created": ns_to_iso(event.created_ns) if event.created_ns else None,
+        "n_preliminary": sum(1 for pick, _ in event.picks if pick.status == "preliminary"),
         "picks": [
             {
                 "pick_id": pick_id(pick),
@@ -111,10 +112,16 @@ def event_message(event: Event) -> dict[str, Any]:
                 "residual_s": round(float(residual), 4),
                 "model_id": pick.model_id,
                 **{key: str(pick.extra[key]) for key in ("region", "model_sha256") if pick.extra.get(key)},
+                **({"status": pick.status} if pick.status != "final" else {}),
             }
             for pick, residual in event.picks
         ],
     }
+    if event.cancelled:
+        message["cancelled"] = True
+    arrived = max((pick.data_arrived_ns for pick, _ in event.picks), default=0)
+    if arrived:
+        message["data_arrived"] = ns_to_iso(arrived)
     message.update(event.extra.get("location", {}))
     if event.extra.get("rejected_picks"):
         message["rejected_picks"] = [
