@@ -53,7 +53,7 @@ def archive(tmp_path_factory):
     from rtpick.adapt.simulate import simulate, with_overrides
 
     root = tmp_path_factory.mktemp("archive")
-    preset = with_overrides("induced", stations_per_event=(6, 6), events_per_swarm=(1, 1), noise_fraction=0.0)
+    preset = with_overrides("induced", stations_per_event=(6, 6), events_per_swarm=(1, 1), noise_fraction=0.0, min_snr_db=None)
     sim = simulate(preset, 6 * N_EVENTS, seed=3)
     rng = np.random.default_rng(0)
     n = int(LENGTH_S * FS)
