@@ -245,3 +245,20 @@ def test_event_losing_its_support_is_cancelled_once(assoc_parts):
     validate_message(message)
     assert message["cancelled"] is True
     assert not [e for e in events if e.event_id == first[-1].event_id and not e.cancelled]
+
+
+def test_intake_takes_the_life_cycle_and_deduplicates_per_status(assoc_parts):
+    """rtpick associate --early: a preliminary and its final share pick_id but are both taken; repeats are not."""
+    from rtpick.associate import SwarmAssociator
+    from rtpick.associate.intake import PickIntake
+
+    stations, table = assoc_parts
+    prelim = _preliminary_p(stations, table, 35.8, -97.1, 5.0, 1_700_000_000 * 10**9)[0]
+    final = _closing(prelim, "final", shift_ns=10**7)
+    intake = PickIntake(SwarmAssociator(stations, table))
+    docs = [pick_message(prelim, lifecycle=True), pick_message(final, lifecycle=True)]
+    taken = [intake.feed(doc) for doc in docs + docs]
+    assert [p is not None for p in taken] == [True, True, False, False]
+    assert taken[0].status == "preliminary" and taken[1].status == "final"
+    assert taken[0].lifecycle_id == taken[1].lifecycle_id == prelim.lifecycle_id
+    assert intake.counters["picks_duplicate"] == 2

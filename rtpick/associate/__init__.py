@@ -14,7 +14,7 @@ import numpy as np
 from rtpick.associate.stations import Stations, load_stations
 from rtpick.associate.swarm import AssociatorSettings, SwarmAssociator
 from rtpick.associate.traveltime import TravelTimeTable, VelocityModelError, load_table
-from rtpick.types import Pick, iso_to_ns
+from rtpick.types import PICK_STATUSES, Pick, iso_to_ns
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "oklahoma_2013-06-16"
 
@@ -51,6 +51,14 @@ def build_associator(config: Any) -> SwarmAssociator:
     return SwarmAssociator(stations, table, settings)
 
 
+def _status(doc: dict[str, Any]) -> str:
+    """The pick's life-cycle status (absent = final, as on topic pick.NET.STA)."""
+    status = str(doc.get("status", "final"))
+    if status not in PICK_STATUSES:
+        raise ValueError(f"rtpick.pick/1 message has an unknown status {status!r}")
+    return status
+
+
 def pick_from_message(doc: dict[str, Any]) -> Pick:
     """The :class:`Pick` of an ``rtpick.pick/1`` document; ``ValueError`` if it is not one."""
     if doc.get("schema") != "rtpick.pick/1":
@@ -70,6 +78,9 @@ def pick_from_message(doc: dict[str, Any]) -> Pick:
             model_version=str(doc.get("model_version", "")),
             window_ns=window,
             extra={k: doc[k] for k in ("region",) if k in doc},
+            status=_status(doc),
+            lifecycle_id=str(doc["pick_id"]) if "status" in doc and "pick_id" in doc else "",
+            data_arrived_ns=iso_to_ns(doc["data_arrived"]) if "data_arrived" in doc else 0,
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"rtpick.pick/1 message lacks a valid {exc}") from None

@@ -53,7 +53,8 @@ class PickIntake:
             if self.counters["messages_bad"] <= 5:
                 log.warning("ignored message: %s", exc)
             return None
-        pid = str(doc.get("pick_id") or f"{pick.stream_id}/{pick.phase}/{pick.time_ns}")
+        # a preliminary and its final or retraction share pick_id (topic pick_early): one message per status
+        pid = f"{doc.get('pick_id') or f'{pick.stream_id}/{pick.phase}/{pick.time_ns}'}|{pick.status}"
         if pid in self._seen:
             self.counters["picks_duplicate"] += 1
             return None

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stations", metavar="FILE", help="override associate.stations")
     parser.add_argument("--velocity-model", metavar="SPEC", help="override associate.velocity_model ('.nd' file or '0d:VP,VS')")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides associate.metrics_listen)")
+    parser.add_argument("--early", action="store_true",
+                        help="subscribe to the pick life cycle (topic 'pick_early.': preliminary picks, their finals and retractions) "
+                             "instead of final picks ('pick.'): first revisions seconds after the P wave (pickers need early.enabled)")
     parser.add_argument("--final-only", action="store_true", help="print only the last revision of each event")
 
 
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             notifier.ready(status_line())
             _read_file(args.input, config.step_s, intake, assoc, emit, signals)
         else:
-            _subscribe_loop(args.subscribe, config.step_s, intake, assoc, emit, signals, notifier, reload, status_line)
+            _subscribe_loop(args.subscribe, config.step_s, intake, assoc, emit, signals, notifier, reload, status_line,
+                            topic=b"pick_early." if args.early else b"pick.")
         notifier.stopping("draining: final revisions of open events")
         emit(assoc.flush())
     except KeyboardInterrupt:
@@ -225,8 +229,9 @@ def _read_file(path: str, step_s: float, intake, assoc, emit, signals: _Signals)
             next_ns = now_ns + int(step_s * NS_PER_S)
 
 
-def _subscribe_loop(endpoints, step_s, intake, assoc, emit, signals: _Signals, notifier, reload, status_line) -> None:
-    """SUB to every endpoint (topic 'pick.'); feed picks, step every ``step_s`` of wall time, until a stop
+def _subscribe_loop(endpoints, step_s, intake, assoc, emit, signals: _Signals, notifier, reload, status_line,
+                    topic: bytes = b"pick.") -> None:
+    """SUB to every endpoint (``topic``: 'pick.', or 'pick_early.' with --early); feed picks, step every ``step_s`` of wall time, until a stop
     signal; then read what is already queued (bounded) so those picks still make it into events."""
     import zmq
 
@@ -235,7 +240,7 @@ def _subscribe_loop(endpoints, step_s, intake, assoc, emit, signals: _Signals, n
     context = zmq.Context()
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"pick.")
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
     watchdog_s = watchdog_interval()
     try:
         for endpoint in endpoints:
