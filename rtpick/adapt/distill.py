@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from rtpick.adapt.datasets import TraceSet
-from rtpick.adapt.finetune import FinetuneConfig, device_of, fixed_windows, generator, seed_everything
+from rtpick.adapt.evaluate import device_of
+from rtpick.adapt.finetune import FinetuneConfig, fixed_windows, generator, seed_everything
 from rtpick.adapt.student import TinyPhaseNet, count_parameters
 
 

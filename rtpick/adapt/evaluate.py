@@ -40,6 +40,12 @@ class Peaks:
     sampling_rate: float
 
 
+def device_of(model) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-less wrapper); batches are moved there."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def window_starts(ts: TraceSet, window: int, seed: int = 1234) -> np.ndarray:
     """Deterministic window start per trace: P 3–18 s into the window when there is a P pick."""
     rng = np.random.default_rng(seed)
@@ -58,7 +64,7 @@ def predict_peaks(model, ts: TraceSet, batch_size: int = 64, seed: int = 1234) -
     starts = window_starts(ts, window, seed)
     labels = list(model.labels)
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     prob = {ph: np.zeros(len(ts)) for ph in PICK_COLUMNS}
     sample = {ph: np.zeros(len(ts)) for ph in PICK_COLUMNS}
     for b0 in range(0, len(ts), batch_size):

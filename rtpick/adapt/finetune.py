@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rtpick.adapt.datasets import P_COL, S_COL, TraceSet
-from rtpick.adapt.evaluate import window_starts
+from rtpick.adapt.evaluate import device_of, window_starts
 
 STRATEGIES = ("full", "frozen-encoder", "frozen-k", "discriminative")
 
@@ -154,11 +154,6 @@ def fixed_windows(model, ts: TraceSet, sigma: int) -> tuple[torch.Tensor, torch.
 def pick_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Cross-entropy of softmax outputs against soft labels (SeisBench's PhaseNet training loss)."""
     return -(target * torch.log(pred + eps)).sum(dim=1).mean()
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """Where the model's parameters live; batches are moved there (``--device`` in the benchmark)."""
-    return next(model.parameters()).device
 
 
 def _dev_loss(model, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> float:

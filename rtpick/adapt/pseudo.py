@@ -38,6 +38,7 @@ import pandas as pd
 
 from rtpick.adapt.catalog import EventInfo, LabelledPick, Tally
 from rtpick.adapt.datasets import P_COL, PICK_COLUMNS, TraceSet
+from rtpick.adapt.evaluate import device_of
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def trace_peaks(model, ts: TraceSet, batch_size: int = 64) -> dict[str, tuple[np
     starts = sorted({0, max(0, length - window)} | set(range(0, max(1, length - window), window // 2)))
     labels = list(model.labels)
     best = {ph: (np.zeros(len(ts)), np.zeros(len(ts))) for ph in PICK_COLUMNS}
-    device = next(model.parameters()).device
+    device = device_of(model)
     model.eval()
     with torch.no_grad():
         for s in starts:
