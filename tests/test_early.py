@@ -262,3 +262,15 @@ def test_intake_takes_the_life_cycle_and_deduplicates_per_status(assoc_parts):
     assert taken[0].status == "preliminary" and taken[1].status == "final"
     assert taken[0].lifecycle_id == taken[1].lifecycle_id == prelim.lifecycle_id
     assert intake.counters["picks_duplicate"] == 2
+
+
+def test_listen_latency_line():
+    """rtpick listen --latency: pick latency, latency added by rtpick and transport, from the message's own times."""
+    from rtpick.commands.listen import latency_line
+
+    t = 1_700_000_000 * 10**9
+    pick = Pick("OK.X..HHZ", "P", t, 0.5, 0.1, t, t, "m", status="preliminary", lifecycle_id="OK.X..HHZ/P/1",
+                data_arrived_ns=t + 2 * 10**9)
+    line = latency_line(pick_message(pick, lifecycle=True, published_ns=t + 2_500_000_000), t + 2_600_000_000)
+    assert line == "pick preliminary OK.X..HHZ/P/1 pick=2.500 added=0.500 transport=0.100"
+    assert latency_line({"schema": "rtpick.status/1"}, t) is None
