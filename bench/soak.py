@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from rtpick.seedlink_server.archive import NS, Packet  # noqa: E402
 from rtpick.seedlink_server.faults import Fault, FaultArchive, FaultServer, write_miniseed  # noqa: E402
 from rtpick.types import ns_to_iso  # noqa: E402
-from tests.daemonproc import RtpickRun, by_label, replay_picks, scrape  # noqa: E402
+from tests.daemonproc import RtpickRun, by_label, replay_picks, scrape, state_stations  # noqa: E402
 
 OKLAHOMA = REPO / "rtpick" / "data" / "oklahoma_2013-06-16"
 SOURCES = ("OK_FNO", "OK_LC30", "OK_OKCFA", "OK_SIO", "OK_U32A", "OK_W35A", "OK_X34A")
@@ -251,6 +251,10 @@ def main() -> None:
             sub.close()
     print(f"\nrun: {time.monotonic() - t0:.0f} s wall, daemon alive at the end: {alive}, SIGTERM -> exit {took:.1f} s "
           f"(code {run.proc.returncode}), server restarts {restarts}, packets sent {sent}")
+    saved = state_stations(work / "soak.state")
+    behind = sorted(k for k, seq in upto.items() if saved.get(k, 0) < seq)
+    print(f"stations whose saved position is short of the last released packet: {len(behind)} of {len(upto)}"
+          + (f" (e.g. {', '.join(f'{k} {saved.get(k, 0)}/{upto[k]}' for k in behind[:5])})" if behind else ""))
     if not alive:
         print(f"the daemon died: last lines of its log:\n{run.stderr(3000)}")
     print("\nRSS and data lag over time (wall s, RSS MiB, median station lag s; the data catches up with the wall\n"
