@@ -274,3 +274,18 @@ def test_listen_latency_line():
     line = latency_line(pick_message(pick, lifecycle=True, published_ns=t + 2_500_000_000), t + 2_600_000_000)
     assert line == "pick preliminary OK.X..HHZ/P/1 pick=2.500 added=0.500 transport=0.100"
     assert latency_line({"schema": "rtpick.status/1"}, t) is None
+
+
+def test_replay_server_records_of_one_second(oklahoma_dir):
+    """serve-seedlink --record-seconds 1: every packet holds at most one second, and together the same samples."""
+    from pymseed import MS3Record
+
+    from rtpick.seedlink_server.archive import Archive
+
+    files = sorted(oklahoma_dir.glob("FNO.HHZ.*"))
+    packets = Archive(files, record_seconds=1.0).packets()
+    assert packets and all(len(p.data) == 512 and p.end_ns - p.start_ns <= 10**9 for p in packets)
+    samples = np.concatenate([MS3Record.parse(p.data, unpack_data=True).np_datasamples for p in packets])
+    assert np.array_equal(samples, obspy.read(str(files[0]))[0].data.astype(np.int32))
+    with pytest.raises(ValueError, match="positive"):
+        Archive(files, record_seconds=0.0)

@@ -6,6 +6,12 @@ becomes valid SeedLink v3 payload. Packing is deterministic: the same files
 give the same bytes, the same release order and the same sequence numbers, so
 a restarted server holds the "same ring" and honours resume requests.
 
+With ``record_seconds`` (e.g. 1.0, as Earthworm tracebufs) each trace is cut
+into pieces of that many seconds of data first, each packed on its own (one
+512-byte record per piece at up to ~100 Hz): a packet then leaves when one
+second of data is complete, instead of the 4-7 s a full Steim-2 record of
+100 Hz data holds, which otherwise dominates end-to-end latency.
+
 Release order is by packet end time (when a data logger could have sent it),
 then stream id; sequence numbers count from 1 per station in that order.
 """
@@ -51,7 +57,21 @@ def _encoding_for(data: np.ndarray) -> tuple[np.ndarray, str]:
     return data.astype(np.float64), "FLOAT64"
 
 
-def _pack_trace(trace, shift_s: int) -> list[tuple[int, int, str, str, str, bytes]]:
+def _pieces(trace, record_seconds: float | None) -> list:
+    """The trace itself, or consecutive pieces of ``record_seconds`` of data each (the last may be shorter)."""
+    if not record_seconds:
+        return [trace]
+    n = max(1, int(round(record_seconds * trace.stats.sampling_rate)))
+    out = []
+    for first in range(0, len(trace.data), n):
+        piece = trace.copy()
+        piece.data = trace.data[first:first + n]
+        piece.stats.starttime = trace.stats.starttime + first / trace.stats.sampling_rate
+        out.append(piece)
+    return out
+
+
+def _pack_trace(trace, shift_s: int, record_seconds: float | None = None) -> list[tuple[int, int, str, str, str, bytes]]:
     """Re-pack one trace into 512-byte records: (start_ns, end_ns, net_sta, loc, cha, bytes)."""
     from pymseed import MS3Record
 
@@ -59,7 +79,8 @@ def _pack_trace(trace, shift_s: int) -> list[tuple[int, int, str, str, str, byte
     trace.data, encoding = _encoding_for(trace.data)
     trace.stats.starttime += shift_s
     buf = io.BytesIO()
-    trace.write(buf, format="MSEED", reclen=RECLEN, encoding=encoding, byteorder=">")
+    for piece in _pieces(trace, record_seconds):
+        piece.write(buf, format="MSEED", reclen=RECLEN, encoding=encoding, byteorder=">")
     raw = buf.getvalue()
     out = []
     st = trace.stats
@@ -76,8 +97,12 @@ def _pack_trace(trace, shift_s: int) -> list[tuple[int, int, str, str, str, byte
 class Archive:
     """The traces of some miniSEED files, packable into SeedLink packets (optionally time-shifted)."""
 
-    def __init__(self, paths: Iterable[str | Path]):
+    def __init__(self, paths: Iterable[str | Path], record_seconds: float | None = None):
         import obspy
+
+        if record_seconds is not None and not record_seconds > 0:
+            raise ValueError(f"record length must be a positive number of seconds, got {record_seconds}")
+        self.record_seconds = record_seconds
 
         files: list[Path] = []
         for path in paths:
@@ -114,7 +139,7 @@ class Archive:
         """
         rows = []
         for trace in self.traces:
-            rows.extend(_pack_trace(trace, shift_s))
+            rows.extend(_pack_trace(trace, shift_s, self.record_seconds))
         rows.sort(key=lambda r: (r[1], r[2], r[3], r[4], r[0]))
         next_seq = first_seq if first_seq is not None else {}
         packets = []
