@@ -229,10 +229,9 @@ class Pipeline:
     def poll(self, now: float | None = None) -> list[Pick]:
         """Run a lane's partial batches once its oldest window waited ``max_wait_s`` (real-time mode)."""
         now = time.monotonic() if now is None else now
-        for lane in self.lanes.values():
-            lane.queue_tips(now)
+        tips = [lane for lane in self.lanes.values() if lane.queue_tips(now)]  # a round of tip windows runs at once
         wait = self.config.inference.max_wait_s
-        self._serve([lane for lane in self.lanes.values() if lane.queue and now - lane.queue[0].queued_at >= wait])
+        self._serve([lane for lane in self.lanes.values() if lane.queue and (lane in tips or now - lane.queue[0].queued_at >= wait)])
         return self._take()
 
     def flush(self) -> list[Pick]:

@@ -35,7 +35,7 @@ from rtpick.inference.regions import LaneSpec
 from rtpick.picking.early import EarlyBook, OpenPick, tip_triggers
 from rtpick.picking.extract import TriggerPicker
 from rtpick.stream import dsp
-from rtpick.stream.buffers import ChannelFeed, GroupBuffer, grid_ns
+from rtpick.stream.buffers import ChannelFeed, GroupBuffer, RingPool, grid_ns
 from rtpick.stream.windows import Block, Window, WindowScheduler
 from rtpick.types import Pick
 
@@ -64,6 +64,7 @@ class Station:
     early: EarlyBook | None = None  # open preliminary picks (early.enabled)
     tip_end: int = -1  # data end of the last tip window (no second one on the same data)
     stacked_arrival: float = 0.0  # newest arrival among the windows stacked so far (latency of final picks)
+    slot: int = -1  # the station's slot in its lane's RingPool (ring and stacking sums)
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
@@ -109,6 +110,8 @@ class Lane:
         self._install(spec, loaded)
         stream = host.config.stream
         self.capacity = spec.buffer_samples
+        # every station's ring and stacking sums, so a batch is gathered and stacked in one call each
+        self.pool = RingPool(len(spec.component_order), len(spec.labels), self.capacity)
         self.wait_samples = int(round(stream.component_wait_s * self.fs))
         # a forward jump larger than this restarts the station (see rtpick.pipeline)
         self.jump_samples = max(self.capacity // 2, self.wait_samples)
@@ -143,6 +146,7 @@ class Lane:
         cache_dir = Path(inf.backend_cache_dir).expanduser() if inf.backend_cache_dir else None
         self.engine = InferenceEngine(net, argdict, inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region)
         self._batch = np.zeros((spec.batch_size, len(spec.component_order), spec.in_samples), dtype=np.float32)
+        self._index = np.zeros((4, spec.batch_size), dtype=np.int64)  # a batch's slots, starts, skips, rows
         self._identity = {"region": spec.region, "model_sha256": loaded.sha256}
 
     # ------------------------------------------------------------------ stations
@@ -161,6 +165,7 @@ class Lane:
             early=EarlyBook(self.match_samples) if self.early_on else None,
         )
         station.buffer.owner = station  # type: ignore[attr-defined]
+        station.slot = self.pool.add(station.buffer, station)
         self.stations[key] = station
         return station
 
@@ -237,15 +242,18 @@ class Lane:
         batch = self._batch[:n]
         valid: set[int] = set()
         preds = None
+        slots, starts, skips, rows = self._index
         try:
+            m = 0
             for i, win in enumerate(windows):  # gather: the one place windows leave the rings
-                buf = win.group.buffer
-                if win.group.frontier() - win.start > buf.capacity:
+                if win.group.frontier() - win.start > self.capacity:
                     stats.windows_dropped += 1
                     host.log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
                     continue
-                self.engine.gather(buf.data, buf.have, np.array([win.start], dtype=np.int64), batch[i:i + 1])
+                slots[m], starts[m], rows[m] = win.group.slot, win.start, i
+                m += 1
                 valid.add(i)
+            self.engine.gather_batch(self.pool.data, self.pool.have, slots[:m], starts[:m], rows[:m], batch)
             t0 = time.perf_counter()
             preds = self.engine.predict(batch)
             seconds = time.perf_counter() - t0
@@ -265,7 +273,8 @@ class Lane:
         t_stack = time.perf_counter()
         touched: dict[int, Station] = {}
         tips: list[tuple[Window, np.ndarray]] = []
-        for i, win in enumerate(windows):  # stack: the one place predictions enter the sums
+        m = 0
+        for i, win in enumerate(windows):  # stack: the one place predictions enter the sums (one call below)
             station: Station = win.group  # type: ignore[assignment]
             if win.tip:  # not stacked: its predictions go to the preliminary picker
                 if preds is not None and i in valid:
@@ -275,9 +284,11 @@ class Lane:
             block = win.block
             block.pending.popleft()
             if preds is not None and i in valid:
-                skip = max(0, block.stack_floor - win.start)
-                dsp.stack_window(station.acc, station.cnt, win.start + skip, preds[i, skip:], self.use_max)
+                slots[m], starts[m], skips[m], rows[m] = station.slot, win.start, max(0, block.stack_floor - win.start), i
+                m += 1
             touched[id(station)] = station
+        if m:
+            dsp.stack_batch(self.pool.acc, self.pool.cnt, slots[:m], starts[:m], skips[:m], rows[:m], preds, self.use_max)
         for station in touched.values():
             self.finalize(station)
         for win, pred in tips:
@@ -362,16 +373,19 @@ class Lane:
         self.host.emit(pick, station, trig.end)
 
     # ---------------------------------------------------------------- tip windows
-    def queue_tips(self, now: float) -> None:
+    def queue_tips(self, now: float) -> bool:
         """Every ``early.interval_s`` (monotonic ``now``): queue one tip window per station with new data.
 
         The window ends at the station's newest scanned data (all components
         complete, inside its open block) and is batched with the regular windows;
         its predictions go to :meth:`_score_tip`, never into the stacked sums.
+        Returns whether any was queued (the pipeline then runs the lane's queue at
+        once rather than after ``max_wait_s``: preliminary picks are about latency).
         """
         if not self.early_on or now < self._tips_due:
-            return
+            return False
         self._tips_due = now + self.tip_interval
+        queued = False
         for station in self.stations.values():
             sched = station.scheduler
             block = sched.open_block
@@ -380,6 +394,8 @@ class Lane:
                 continue
             station.tip_end = end
             self.queue.append(Window(station, block, end - self.in_samples, now, station.last_arrival, tip=True))
+            queued = True
+        return queued
 
     def reopen(self, station: Station, opened: list[OpenPick], same_grid: bool) -> None:
         """Preliminary picks a previous process left open (resume points): closed here exactly once.
