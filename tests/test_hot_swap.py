@@ -95,21 +95,35 @@ class InlineDaemon:
 
 @pytest.fixture
 def gathered(monkeypatch):
-    """(buffer id, window start, model) of every window copied out of a ring, in order."""
-    seen: list[tuple[int, int, object]] = []
-    original = InferenceEngine.gather
+    """(ring, window start, model) of every window copied out of a ring, in order.
+
+    The ring is ``("slot", n)`` for a station's slot of the lane's ring pool (live
+    batches), else the id of the array (the reload's dry-run batch).
+    """
+    seen: list[tuple[object, int, object]] = []
+    original, original_batch = InferenceEngine.gather, InferenceEngine.gather_batch
 
     def gather(self, data, have, starts, out):
         seen.extend((id(data), int(s), self.model) for s in starts)
         return original(self, data, have, starts, out)
 
+    def gather_batch(self, data, have, slots, starts, rows, out):
+        seen.extend((("slot", int(slot)), int(s), self.model) for slot, s in zip(slots, starts))
+        return original_batch(self, data, have, slots, starts, rows, out)
+
     monkeypatch.setattr(InferenceEngine, "gather", gather)
+    monkeypatch.setattr(InferenceEngine, "gather_batch", gather_batch)
     return seen
+
+
+def ring_keys(pipe: Pipeline) -> dict:
+    """Ring (as recorded by ``gathered``) -> station key."""
+    return {("slot", station.slot): key for key, station in pipe.stations.items()}
 
 
 def windows_by_station(pipe: Pipeline, seen, dry_runs: int = 0) -> Counter:
     """Windows per (station, start); the rows gathered from other arrays are the reload's dry-run batches."""
-    keys = {id(station.buffer.data): key for key, station in pipe.stations.items()}
+    keys = ring_keys(pipe)
     assert sum(1 for buf, _, _ in seen if buf not in keys) == dry_runs * pipe.config.inference.batch_size
     return Counter((keys[buf], start) for buf, start, _ in seen if buf in keys)
 
@@ -164,7 +178,7 @@ def test_swap_mid_replay_computes_every_window_once_and_picks_carry_the_model(tm
     assert max(counts.values()) == 1, f"windows computed twice: {[k for k, n in counts.items() if n > 1][:5]}"
     assert counts == reference, "the swapped run must compute exactly the windows of a run without a swap"
     assert pipe.stats.windows == sum(reference.values()) and pipe.stats.windows_failed == pipe.stats.windows_dropped == 0
-    keys = {id(station.buffer.data): key for key, station in pipe.stations.items()}
+    keys = ring_keys(pipe)
     by_model = {(keys[buf], start): model for buf, start, model in gathered if buf in keys}
     assert all(by_model[w] is new.model for w in queued), "windows queued at the switch are computed by the new model"
     assert before and after

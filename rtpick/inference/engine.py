@@ -60,6 +60,11 @@ class InferenceEngine:
         else:
             dsp.gather_windows(data, have, starts, self.in_samples, self.norm, out)
 
+    def gather_batch(self, data: np.ndarray, have: np.ndarray, slots: np.ndarray, starts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        """Copy (and, when known, normalise) windows of many stations of a lane-level ring pool into ``out`` rows, in one call."""
+        norm = dsp.NORM_NONE if self.norm is None else self.norm
+        dsp.gather_batch(data, have, slots, starts, rows, self.in_samples, norm, out)
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Forward a (B, channels, samples) batch; returns (B, samples, classes) float32."""
         with torch.inference_mode():

@@ -261,3 +261,51 @@ class ChannelFeed:
         self.seg_n_out += len(values)
         if late:
             self.counters["late"] += late
+
+
+class RingPool:
+    """The rings of all stations of one lane, as slots of a few lane-level arrays.
+
+    ``data``/``have`` (stations, components, capacity) hold the samples,
+    ``acc``/``cnt`` (stations, classes, capacity) the stacked predictions. Each
+    station's :class:`GroupBuffer` and stacking sums are views of its slot, so all
+    per-station code is unchanged, while a whole batch of windows from many stations
+    is gathered and stacked in one numba call each (:func:`rtpick.stream.dsp.gather_batch`,
+    :func:`~rtpick.stream.dsp.stack_batch`). Slots double when full (the new arrays are
+    zero pages until written, so unused slots cost address space, not RSS); the
+    views of every station are then moved to the new arrays. Stations are never
+    removed from a lane, so slots are never freed.
+    """
+
+    def __init__(self, n_components: int, n_classes: int, capacity: int, slots: int = 8):
+        self.data = np.zeros((slots, n_components, capacity), dtype=np.float32)
+        self.have = np.zeros((slots, n_components, capacity), dtype=np.bool_)
+        self.acc = np.zeros((slots, n_classes, capacity), dtype=np.float64)
+        self.cnt = np.zeros((slots, n_classes, capacity), dtype=np.int32)
+        self._users: list[tuple[GroupBuffer, object]] = []
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def add(self, buffer: GroupBuffer, sums: object) -> int:
+        """A new slot for ``buffer`` (its data/have) and ``sums`` (an object with acc/cnt); returns the slot."""
+        slot = len(self._users)
+        if slot == self.data.shape[0]:
+            self._grow(2 * slot)
+        self._users.append((buffer, sums))
+        self._point(slot)
+        return slot
+
+    def _grow(self, slots: int) -> None:
+        for name in ("data", "have", "acc", "cnt"):
+            old = getattr(self, name)
+            new = np.zeros((slots, *old.shape[1:]), dtype=old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+        for slot in range(len(self._users)):
+            self._point(slot)
+
+    def _point(self, slot: int) -> None:
+        buffer, sums = self._users[slot]
+        buffer.data, buffer.have = self.data[slot], self.have[slot]
+        sums.acc, sums.cnt = self.acc[slot], self.cnt[slot]  # type: ignore[attr-defined]

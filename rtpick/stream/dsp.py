@@ -10,6 +10,9 @@ to a few percent of the model forward.
   ``annotate_batch_pre`` (std with Bessel correction, or peak; eps 1e-10).
 * :func:`stack_window` — add one window's predictions into a ring accumulator
   (``avg``/``max``; NaN = blinded, not counted), as SeisBench stacking.
+* :func:`gather_batch` / :func:`stack_batch` — the same for a whole batch of windows
+  of many stations in one call (lane-level ring arrays), so the per-window cost of
+  the hot path is a few array stores, not a Python call into numba per window.
 """
 
 from __future__ import annotations
@@ -24,71 +27,83 @@ NORM_STD = 0
 NORM_PEAK = 1
 
 
-@numba.njit(cache=True, nogil=True)
-def gather_windows(data, have, starts, n_samples, norm, out):  # pragma: no cover - numba
-    """Fill ``out[b, c, :]`` with the normalised window starting at ``starts[b]``.
+NORM_NONE = -1  # raw copy: the model's own hook normalises
 
-    ``data``/``have`` are (channels, capacity) ring arrays indexed by absolute sample
-    index modulo capacity; samples whose ``have`` flag is False are zeros (SeisBench
-    imputes missing components with zeros). Mean and spread are accumulated in
-    float64, then the window is written as float32.
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - numba
+    """One window of ring ``data``/``have`` (channels, capacity) from absolute ``start`` into ``out`` (channels, samples).
+
+    Samples whose ``have`` flag is False are zeros (SeisBench imputes missing
+    components with zeros). Unless ``norm`` is NORM_NONE each component is demeaned
+    and divided by its std (Bessel) or peak plus 1e-10, accumulated in float64.
     """
     cap = data.shape[1]
-    n_ch = data.shape[0]
+    s0 = start % cap
+    for c in range(data.shape[0]):
+        total = 0.0
+        for i in range(n_samples):
+            j = s0 + i
+            if j >= cap:
+                j -= cap
+            v = data[c, j] if have[c, j] else 0.0
+            out[c, i] = v
+            total += v
+        if norm == NORM_NONE:
+            continue
+        mean = total / n_samples
+        if norm == NORM_STD:
+            acc = 0.0
+            for i in range(n_samples):
+                d = out[c, i] - mean
+                acc += d * d
+            scale = np.sqrt(acc / (n_samples - 1)) + 1e-10
+        else:
+            peak = 0.0
+            for i in range(n_samples):
+                d = abs(out[c, i] - mean)
+                if d > peak:
+                    peak = d
+            scale = peak + 1e-10
+        for i in range(n_samples):
+            out[c, i] = (out[c, i] - mean) / scale
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_windows(data, have, starts, n_samples, norm, out):  # pragma: no cover - numba
+    """Fill ``out[b]`` with the (normalised, see :func:`_gather_one`) window of one ring starting at ``starts[b]``."""
     for b in range(starts.shape[0]):
-        s0 = starts[b] % cap
-        for c in range(n_ch):
-            total = 0.0
-            for i in range(n_samples):
-                j = s0 + i
-                if j >= cap:
-                    j -= cap
-                v = data[c, j] if have[c, j] else 0.0
-                out[b, c, i] = v
-                total += v
-            mean = total / n_samples
-            if norm == NORM_STD:
-                acc = 0.0
-                for i in range(n_samples):
-                    d = out[b, c, i] - mean
-                    acc += d * d
-                scale = np.sqrt(acc / (n_samples - 1)) + 1e-10
-            else:
-                peak = 0.0
-                for i in range(n_samples):
-                    d = abs(out[b, c, i] - mean)
-                    if d > peak:
-                        peak = d
-                scale = peak + 1e-10
-            for i in range(n_samples):
-                out[b, c, i] = (out[b, c, i] - mean) / scale
+        _gather_one(data, have, starts[b], n_samples, norm, out[b])
 
 
 @numba.njit(cache=True, nogil=True)
 def gather_raw(data, have, starts, n_samples, out):  # pragma: no cover - numba
     """Copy windows without normalisation (for models whose own hook normalises)."""
-    cap = data.shape[1]
     for b in range(starts.shape[0]):
-        s0 = starts[b] % cap
-        for c in range(data.shape[0]):
-            for i in range(n_samples):
-                j = s0 + i
-                if j >= cap:
-                    j -= cap
-                out[b, c, i] = data[c, j] if have[c, j] else 0.0
+        _gather_one(data, have, starts[b], n_samples, NORM_NONE, out[b])
 
 
 @numba.njit(cache=True, nogil=True)
-def stack_window(acc, cnt, start, pred, use_max):  # pragma: no cover - numba
-    """Stack ``pred`` (samples, classes) into ring accumulators from absolute ``start``."""
+def gather_batch(data, have, slots, starts, rows, n_samples, norm, out):  # pragma: no cover - numba
+    """A whole batch from many stations' rings in one call: ``out[rows[k]]`` = window ``starts[k]`` of ring ``slots[k]``.
+
+    ``data``/``have`` are lane-level (stations, channels, capacity) arrays
+    (:class:`~rtpick.stream.buffers.RingPool`).
+    """
+    for k in range(slots.shape[0]):
+        _gather_one(data[slots[k]], have[slots[k]], starts[k], n_samples, norm, out[rows[k]])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _stack_one(acc, cnt, start, pred, skip, use_max):  # pragma: no cover - numba
     cap = acc.shape[1]
-    s0 = start % cap
-    for i in range(pred.shape[0]):
+    s0 = (start + skip) % cap
+    for i in range(pred.shape[0] - skip):
         j = s0 + i
         if j >= cap:
             j -= cap
         for k in range(pred.shape[1]):
-            v = pred[i, k]
+            v = pred[skip + i, k]
             if np.isnan(v):
                 continue
             if use_max:
@@ -97,6 +112,23 @@ def stack_window(acc, cnt, start, pred, use_max):  # pragma: no cover - numba
             else:
                 acc[k, j] += v
             cnt[k, j] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def stack_window(acc, cnt, start, pred, use_max):  # pragma: no cover - numba
+    """Stack ``pred`` (samples, classes) into ring accumulators (classes, capacity) from absolute ``start``."""
+    _stack_one(acc, cnt, start, pred, 0, use_max)
+
+
+@numba.njit(cache=True, nogil=True)
+def stack_batch(acc, cnt, slots, starts, skips, rows, preds, use_max):  # pragma: no cover - numba
+    """Stack a whole batch in one call, in order: ``preds[rows[k], skips[k]:]`` into ring ``slots[k]`` at ``starts[k] + skips[k]``.
+
+    ``acc``/``cnt`` are lane-level (stations, classes, capacity) arrays; windows are
+    added in the order given, so sums are bit-identical to one call per window.
+    """
+    for k in range(slots.shape[0]):
+        _stack_one(acc[slots[k]], cnt[slots[k]], starts[k], preds[rows[k]], skips[k], use_max)
 
 
 @numba.njit(cache=True, nogil=True)
