@@ -68,7 +68,7 @@ class Station:
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
-        return max((f for f in self.buffer.filled_to if f is not None), default=None)
+        return self.buffer.lead
 
 
 def _pick_fields(pick: Pick) -> dict:

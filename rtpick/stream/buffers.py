@@ -58,6 +58,7 @@ class GroupBuffer:
         self.have = np.zeros((n_components, capacity), dtype=np.bool_)
         # absolute index one past the last sample written per component; None = never seen
         self.filled_to: list[int | None] = [None] * n_components
+        self.lead: int | None = None  # max of filled_to: the station's data frontier (kept, not recomputed per record)
         self.segments: list[Segment] = []
         self.floor = 0  # samples below this were consumed by the scheduler: late data is dropped
         self.first_index: int | None = None  # first sample ever written (start-up grace for components)
@@ -83,6 +84,8 @@ class GroupBuffer:
         if self.first_index is None:
             self.first_index = first
         self.filled_to[component] = end
+        if self.lead is None or end > self.lead:
+            self.lead = end
         self._extend_segment(component, first, end - 1, offset_ns)
         return n - skip, late
 
@@ -148,6 +151,7 @@ class GroupBuffer:
         """Forget all data (time jump beyond the ring, or a fault): O(capacity), never O(gap)."""
         self.have[:] = False
         self.filled_to = [None] * len(self.filled_to)
+        self.lead = None
         self.segments = []
         self.floor = 0
         self.first_index = None
