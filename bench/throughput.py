@@ -6,12 +6,20 @@ Prints (never asserts) station-seconds of data processed per wall second for:
 * ``annotate`` — SeisBench ``PhaseNet.annotate`` on the same data, same overlap, threads, batch size
 * ``forward``  — the raw model forward on pre-made tensors at the engine's batch size: the ceiling
 
+Each of these per inference backend (``--backend``, see rtpick.inference.backends;
+``annotate`` is SeisBench's own eager torch and is run once per repeat), on
+``--device``. Then the pipeline alone: microseconds per record with the model
+stubbed out (the forward returns zeros), which is what the streaming spine costs
+on top of the model.
+
 Contenders are interleaved and repeated; medians with min/max are reported.
 Peak RSS is measured in a child process per station count (``--rss-stations``),
 with data streamed in so that only the configured buffer seconds are held.
 
     python bench/throughput.py                      # defaults: 20 stations x 600 s, strides 10 and 15 s
     python bench/throughput.py --stations 50 --seconds 300 --repeats 5
+    python bench/throughput.py --backend eager onnxruntime bf16 --strides 10 --rss-stations
+    python bench/throughput.py --device cuda --stations 500 --seconds 300 --batch 1024 --backend eager
 """
 
 from __future__ import annotations
@@ -77,16 +85,23 @@ def make_stream(stations: int, seconds: int) -> obspy.Stream:
     return stream
 
 
-def bench_config(stride_s: float, threads: int, batch: int) -> Config:
+def bench_config(stride_s: float, threads: int, batch: int, backend: str = "eager", device: str = "cpu") -> Config:
     cfg = Config()
     cfg.inference.overlap_s = (3001 - round(stride_s * 100)) / 100  # PhaseNet: 3001-sample windows
     cfg.inference.threads = threads
     cfg.inference.batch_size = batch
+    cfg.inference.backend = backend
+    cfg.inference.device = device
     return cfg
 
 
-def run_rtpick(cfg: Config, loaded, records) -> tuple[float, int]:
+def run_rtpick(cfg: Config, loaded, records, stub: bool = False) -> tuple[float, int]:
+    """Seconds to feed and flush ``records`` (the pipeline and its backend are built before the clock starts)."""
     pipe = Pipeline(cfg, loaded)
+    if stub:
+        for lane in pipe.lanes.values():
+            zeros = np.zeros((lane.batch_size, lane.in_samples, len(lane.labels)), dtype=np.float32)
+            lane.engine.predict = lambda batch, z=zeros: z[: len(batch)]
     t0 = time.perf_counter()
     for rec in records:
         pipe.feed(rec)
@@ -100,15 +115,18 @@ def run_annotate(model, stream: obspy.Stream, overlap: int, batch: int) -> float
     return time.perf_counter() - t0
 
 
-def run_forward(model, windows: int, batch: int) -> float:
-    x = torch.randn(batch, 3, model.in_samples)
+def run_forward(forward, in_samples: int, windows: int, batch: int, device: str) -> float:
+    """The raw forward (a backend's, on pre-made normalised tensors) for ``windows`` windows."""
+    x = torch.randn(batch, 3, in_samples, device=device)
     with torch.inference_mode():
-        model(x)  # warm-up
+        forward(x)  # warm-up
         t0 = time.perf_counter()
         done = 0
         while done < windows:
-            model(x[: min(batch, windows - done)])
+            forward(x[: min(batch, windows - done)])
             done += batch
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -148,6 +166,10 @@ def main() -> None:
     ap.add_argument("--rss-stations", type=int, nargs="*", default=[100, 500])
     ap.add_argument("--rss-seconds", type=int, default=240)
     ap.add_argument("--buffer-seconds", type=float, default=120.0)
+    ap.add_argument("--backend", nargs="+", default=["eager", "onnxruntime", "bf16"], choices=["eager", "onnxruntime", "bf16"],
+                    help="inference backends to compare (each verified at load; a refused one runs eager and says so)")
+    ap.add_argument("--device", default="cpu", help="torch device of rtpick, annotate and the raw forward")
+    ap.add_argument("--stub-stations", type=int, default=50, help="stations of the stubbed-model run (0 = skip it)")
     ap.add_argument("--rss-child", nargs=3, type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -156,32 +178,45 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    loaded = load_model("seisbench:PhaseNet/original")
+    loaded = load_model("seisbench:PhaseNet/original", args.device)
     model = loaded.model
     station_seconds = args.stations * args.seconds
-    print(f"# rtpick throughput: {args.stations} stations x {args.seconds} s at 100 Hz, 3 components, "
-          f"window 30 s, batch {args.batch}, torch threads {args.threads}, {args.repeats} interleaved repeats")
+    print(f"# rtpick throughput: {args.stations} stations x {args.seconds} s at 100 Hz, 3 components, window 30 s, "
+          f"batch {args.batch}, threads {args.threads}, device {args.device}, {args.repeats} interleaved repeats")
     records = make_records(args.stations, args.seconds)
     stream = make_stream(args.stations, args.seconds)
-    run_rtpick(bench_config(10.0, args.threads, args.batch), loaded, records[: len(records) // 10])  # numba/JIT warm-up
+    forwards = {}
+    for name in args.backend:  # build (export, verify) each backend once, outside the clock
+        engine = Pipeline(bench_config(10.0, args.threads, args.batch, name, args.device), loaded).engine
+        forwards[name] = engine.backend.forward
+        print(f"# backend {name}: {'refused, runs as ' + engine.backend.name if engine.backend.name != name else 'reference' if name == 'eager' else 'verified against eager'}")
+    run_rtpick(bench_config(10.0, args.threads, args.batch, device=args.device), loaded, records[: len(records) // 10])  # numba warm-up
     for stride in args.strides:
-        cfg = bench_config(stride, args.threads, args.batch)
         overlap = model.in_samples - int(round(stride * 100))
-        results: dict[str, list[float]] = {"rtpick": [], "annotate": [], "forward": []}
+        results: dict[str, list[float]] = {"annotate": []}
         windows = 0
         for _ in range(args.repeats):
-            seconds, windows = run_rtpick(cfg, loaded, records)
-            results["rtpick"].append(station_seconds / seconds)
             results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
-            results["forward"].append(station_seconds / run_forward(model, windows, args.batch))
-        fwd = statistics.median(results["forward"])
-        print(f"\nstride {stride:.0f} s ({windows} windows per run)       station-seconds/s")
-        for name in ("forward", "rtpick", "annotate"):
-            ratio = statistics.median(results[name]) / fwd
-            print(f"  {name:9s} {summary(results[name])}   {100 * ratio:5.1f} % of raw forward")
-        per = [r / f for r, f in zip(results["rtpick"], results["forward"])]
-        print(f"  rtpick/forward per repeat: {', '.join(f'{100 * p:.1f} %' for p in per)}; "
-              f"rtpick/annotate: {statistics.median(results['rtpick']) / statistics.median(results['annotate']):.2f}x")
+            for name in args.backend:
+                seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device), loaded, records)
+                results.setdefault(f"rtpick {name}", []).append(station_seconds / seconds)
+                fwd = run_forward(forwards[name], model.in_samples, windows, args.batch, args.device)
+                results.setdefault(f"forward {name}", []).append(station_seconds / fwd)
+        annotate = statistics.median(results["annotate"])
+        print(f"\nstride {stride:.0f} s ({windows} windows per run)        station-seconds/s                x annotate")
+        print(f"  {'annotate (eager)':22s} {summary(results['annotate'])}   1.00")
+        for name in args.backend:
+            for kind in ("forward", "rtpick"):
+                key = f"{kind} {name}"
+                print(f"  {key:22s} {summary(results[key])}   {statistics.median(results[key]) / annotate:4.2f}")
+            share = statistics.median(results[f"rtpick {name}"]) / statistics.median(results[f"forward {name}"])
+            print(f"  {'':22s} rtpick {name} = {100 * share:.0f} % of its raw forward")
+    if args.stub_stations:
+        stub_records = make_records(args.stub_stations, args.seconds)
+        cfg = bench_config(10.0, args.threads, args.batch, device=args.device)
+        per = [run_rtpick(cfg, loaded, stub_records, stub=True)[0] / len(stub_records) * 1e6 for _ in range(args.repeats)]
+        print(f"\npipeline with the model stubbed, {args.stub_stations} stations x {args.seconds} s, "
+              f"{len(stub_records)} records of 412 samples: {statistics.median(per):.1f} us per record (min {min(per):.1f}, max {max(per):.1f})")
     print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     for n in args.rss_stations:
         for seconds in (args.rss_seconds // 2, args.rss_seconds):
