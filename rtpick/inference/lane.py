@@ -63,7 +63,7 @@ class Station:
     last_arrival: float = 0.0  # wall time of the newest record
     early: EarlyBook | None = None  # open preliminary picks (early.enabled)
     tip_end: int = -1  # data end of the last tip window (no second one on the same data)
-    stacked_arrival: float = 0.0  # newest arrival among the windows stacked so far (latency of final picks)
+    final_arrival: float = 0.0  # arrival of the newest record behind the latest finality step (latency of final picks)
     slot: int = -1  # the station's slot in its lane's RingPool (ring and stacking sums)
 
     def frontier(self) -> int | None:
@@ -205,6 +205,7 @@ class Lane:
         if due:
             now = time.monotonic()
             self.queue.extend(Window(station, block, start, now, station.last_arrival) for block, start in due)
+        station.final_arrival = station.last_arrival  # new data alone can make samples final (exact block end)
         self.finalize(station)
 
     def at_risk(self, station: Station, frontier: int | None = None) -> bool:
@@ -280,7 +281,9 @@ class Lane:
                 if preds is not None and i in valid:
                     tips.append((win, preds[i]))
                 continue
-            station.stacked_arrival = max(station.stacked_arrival, win.arrived)
+            if id(station) not in touched:
+                station.final_arrival = win.arrived
+            station.final_arrival = max(station.final_arrival, win.arrived)
             block = win.block
             block.pending.popleft()
             if preds is not None and i in valid:
@@ -363,7 +366,7 @@ class Lane:
                 self.index_to_ns(last + self.in_samples - 1, offset),
             ),
             extra=dict(self._identity),
-            data_arrived_ns=int(station.stacked_arrival * 1e9),
+            data_arrived_ns=int(station.final_arrival * 1e9),
             made_ns=time.time_ns(),
         )
         if station.early is not None:
@@ -416,7 +419,9 @@ class Lane:
         sched = station.scheduler
         if station.early is None or win.block not in sched.blocks:
             return  # the station restarted, or the block was closed and picked meanwhile
-        floor = sched.final_to(win.block) - win.start  # below it final picks are (or will be) made anyway
+        # below final_to final picks are (or will be) made anyway; the window's first half is left out: PhaseNet
+        # puts spurious P peaks at a window's start edge, and a peak there was scored fresher by earlier tip windows
+        floor = max(sched.final_to(win.block) - win.start, self.in_samples // 2)
         last_peak = self.in_samples - 1 - self.min_context
         offset = station.buffer.offset_ns(win.block.start, win.start)
         for k, picker in station.pickers.items():

@@ -4,7 +4,10 @@ A *tip window* is one model window aligned to the end of a station's newest
 complete data (rtpick.inference.lane). Its predictions are not stacked: each
 phase is triggered as SeisBench ``classify`` does (on at the threshold, off below
 half of it, first maximum inside the trigger), and a peak at least
-``min_context`` samples before the window end becomes a *preliminary* pick.
+``min_context`` samples before the window end and in the window's second half
+becomes a *preliminary* pick (PhaseNet puts spurious peaks at a window's start
+edge, measured on the Oklahoma data; a peak older than half a window was scored
+with less delay by earlier tip windows, and soon gets its final pick).
 
 :class:`EarlyBook` keeps a station's open preliminary picks. Each is closed
 exactly once: by the first final pick of the same phase within ``match``
