@@ -7,6 +7,7 @@ regular ones. Nothing here is timed.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import Counter
 
@@ -289,3 +290,27 @@ def test_replay_server_records_of_one_second(oklahoma_dir):
     assert np.array_equal(samples, obspy.read(str(files[0]))[0].data.astype(np.int32))
     with pytest.raises(ValueError, match="positive"):
         Archive(files, record_seconds=0.0)
+
+
+def test_state_file_keeps_open_preliminaries(tmp_path):
+    """The daemon's state file round-trips a resume point's open preliminary picks; a malformed entry is refused."""
+    from rtpick.ingest.state import IngestState, load_state, save_state
+    from rtpick.picking.early import OpenPick
+
+    t = 1_371_397_137_120_000_000
+    pick = Pick("OK.FNO.01.HHZ", "P", t, 0.9, 0.05, t, t, "m", window_ns=(t - 10, t + 10), status="preliminary",
+                lifecycle_id=f"OK.FNO.01.HHZ/P/{t}")
+    from rtpick.inference.lane import _pick_fields
+
+    opened = OpenPick(pick.lifecycle_id, "P", 137139713712, _pick_fields(pick))
+    point = {"anchor": 137139700000, "picked_to": 137139710000, "pick_from": {"P": 137139710000}, "sampling_rate": 100.0,
+             "early": [opened.to_json()]}
+    path = tmp_path / "rtpick.state"
+    save_state(path, IngestState(resume={"OK.FNO.01.HH?": point}))
+    back = load_state(path).resume["OK.FNO.01.HH?"]["early"]
+    restored = OpenPick.from_json(back[0])
+    assert restored == opened and Pick(**restored.fields) == pick
+    bad = json.loads(path.read_text())
+    bad["resume"]["OK.FNO.01.HH?"]["early"] = [{"id": 3}]
+    path.write_text(json.dumps(bad))
+    assert load_state(path).resume == {}  # the corrupt file is moved aside, the daemon starts clean
