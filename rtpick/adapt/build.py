@@ -142,7 +142,7 @@ class DatasetBuilder:
         held = sorted(self.source.families(first.network, first.station, first.location), key=family_rank)
         return held[0] if held else "HH?"
 
-    def cut(self, net: str, sta: str, loc: str, family: str, t0: UTCDateTime, must_cover: list[UTCDateTime]) -> tuple[np.ndarray, UTCDateTime, int]:
+    def cut(self, net: str, sta: str, loc: str, family: str, t0: UTCDateTime, must_cover: list[UTCDateTime]) -> tuple[np.ndarray, UTCDateTime, float]:
         """(3, samples) float32 Z, N, E at the model rate starting at ~t0; the exact start; the native rate."""
         cfg = self.cfg
         n = cfg.samples
@@ -170,7 +170,7 @@ class DatasetBuilder:
         start = None
         for i, comp in enumerate(COMPONENT_ORDER):
             tr = st.select(component=comp)[0]
-            if tr.stats.starttime > t0 or tr.stats.endtime < t1 or (np.ma.isMaskedArray(tr.data) and np.ma.getmaskarray(tr.data[_index(tr, t0) : _index(tr, t1) + 1]).any()):
+            if not _complete(tr, t0, t1):
                 raise Unusable("gap", f"{tr.id}: samples missing between {t0} and {t1}")
             raw = np.ma.getdata(tr.data)[_index(tr, t0) : _index(tr, t1) + 1]
             clip = _clipped(raw, cfg)
@@ -193,7 +193,7 @@ class DatasetBuilder:
             out[i] = seg
         if rate != cfg.sampling_rate:
             self.resampled[f"{rate:g}"] += 1
-        return out - out.mean(axis=1, keepdims=True), start, int(rate)
+        return out - out.mean(axis=1, keepdims=True), start, rate
 
     def _to_zne(self, st: obspy.Stream) -> obspy.Stream:
         comps = {tr.stats.channel[-1] for tr in st}
@@ -321,7 +321,15 @@ class DatasetBuilder:
 
 
 def _index(tr, t: UTCDateTime) -> int:
-    return int(round((t - tr.stats.starttime) * tr.stats.sampling_rate))
+    return max(0, int(round((t - tr.stats.starttime) * tr.stats.sampling_rate)))
+
+
+def _complete(tr, t0: UTCDateTime, t1: UTCDateTime) -> bool:
+    """Every sample between t0 and t1 present (half a sample of slack at the ends for sub-sample time offsets)."""
+    half = 0.5 * tr.stats.delta
+    if tr.stats.starttime > t0 + half or tr.stats.endtime < t1 - half:
+        return False
+    return not (np.ma.isMaskedArray(tr.data) and np.ma.getmaskarray(tr.data)[_index(tr, t0) : _index(tr, t1) + 1].any())
 
 
 def _covers(tr, t: UTCDateTime) -> bool:
