@@ -266,3 +266,26 @@ def test_pseudo_labels_on_simulated_traces_follow_the_teacher_and_drop_doubtful_
     assert np.median(np.abs(labelled["trace_p_arrival_sample"].to_numpy() - truth)) <= 10
     assert labelled.groupby("source_id").size().min() >= PseudoConfig().min_stations
     assert meta.loc[meta["trace_category"] == "noise", "trace_p_arrival_sample"].isna().all()
+
+
+def test_manual_only_counts_automatic_picks_instead_of_using_them(archive, tmp_path):
+    out = tmp_path / "manual"
+    rc = main(["dataset", "build", "--catalog", str(archive["quakeml"]), "--sds", str(archive["sds"]), "--inventory", str(archive["inventory"]),
+               "--out", str(out), "--split", "0.5,0.25,0.25", "--manual-only", "--noise-fraction", "0"])
+    assert rc == 0
+    unusable = json.loads((out / "build_report.json").read_text())["picks"]["unusable"]
+    assert unusable["automatic"] == 1 and "duplicate" not in unusable  # the automatic second P at OKCFA, event 5
+
+
+def test_clipping_and_phase_names():
+    from rtpick.adapt.build import BuildConfig, _clipped
+    from rtpick.adapt.catalog import normalise_phase
+
+    cfg = BuildConfig()
+    flat = np.zeros(500)
+    flat[100:106] = 2**23 - 1
+    assert "flat top" in _clipped(flat, cfg)
+    assert _clipped(np.sin(np.arange(500) / 3.0) * 5e6, cfg) == ""
+    assert _clipped(np.r_[np.zeros(10), [3, 3, 3, 3, 3, 3]], cfg) == ""  # quiet integer data is not clipping
+    assert "clip level" in _clipped(np.r_[np.zeros(10), [9e6]], BuildConfig(clip_counts=8e6))
+    assert [normalise_phase(p) for p in ("Pg", "pn", "S", "Sb", "IAML", "Lg", None)] == ["P", "P", "S", "S", None, None, None]
