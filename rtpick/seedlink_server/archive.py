@@ -57,17 +57,19 @@ def _encoding_for(data: np.ndarray) -> tuple[np.ndarray, str]:
     return data.astype(np.float64), "FLOAT64"
 
 
-def _pieces(trace, record_seconds: float | None) -> list:
-    """The trace itself, or consecutive pieces of ``record_seconds`` of data each (the last may be shorter)."""
+def _pieces(trace, record_seconds: float | None):
+    """The trace itself, or a stream of consecutive pieces of ``record_seconds`` of data each (the last may be shorter)."""
+    import obspy
+
     if not record_seconds:
-        return [trace]
+        return trace
     n = max(1, int(round(record_seconds * trace.stats.sampling_rate)))
-    out = []
+    out = obspy.Stream()
+    st = trace.stats
     for first in range(0, len(trace.data), n):
-        piece = trace.copy()
-        piece.data = trace.data[first:first + n]
-        piece.stats.starttime = trace.stats.starttime + first / trace.stats.sampling_rate
-        out.append(piece)
+        header = {"network": st.network, "station": st.station, "location": st.location, "channel": st.channel,
+                  "sampling_rate": st.sampling_rate, "starttime": st.starttime + first / st.sampling_rate}
+        out.append(obspy.Trace(trace.data[first:first + n].copy(), header=header))
     return out
 
 
@@ -79,8 +81,7 @@ def _pack_trace(trace, shift_s: int, record_seconds: float | None = None) -> lis
     trace.data, encoding = _encoding_for(trace.data)
     trace.stats.starttime += shift_s
     buf = io.BytesIO()
-    for piece in _pieces(trace, record_seconds):
-        piece.write(buf, format="MSEED", reclen=RECLEN, encoding=encoding, byteorder=">")
+    _pieces(trace, record_seconds).write(buf, format="MSEED", reclen=RECLEN, encoding=encoding, byteorder=">")
     raw = buf.getvalue()
     out = []
     st = trace.stats

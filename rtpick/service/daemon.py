@@ -195,6 +195,7 @@ class Daemon:
         self._dirty = False
         self._last_save = -float("inf")
         self._held: list[Pick] = []  # final picks waiting for the state save that remembers them
+        self._urgent = False  # a preliminary pick is held: save and release at the next chance
         self._end_of_data = False
         self._signals = 0
         self._write_errors_logged = (0, -float("inf"))  # (error count, monotonic time) of the last log line
@@ -431,11 +432,14 @@ class Daemon:
         preliminary as open in the resume points must precede it, so a restart can
         still close it), but never suppressed: each is made once per process, and a
         restarted pipeline makes none for data before its restored ``picked_to``.
+        A preliminary makes the next save due at once (not after ``state_flush_s``):
+        it is about latency, and a save per round of tip windows is cheap.
         """
         for pick in picks:
             if pick.status != "final":
                 self._held.append(pick)
                 self._dirty = True
+                self._urgent = self._urgent or pick.status == "preliminary"
                 continue
             key = f"{pick.stream_id}|{pick.phase}"
             if pick.time_ns < self._pick_floor.get(pick.stream_id, pick.time_ns) or self.state.is_published(key, pick.time_ns):
@@ -478,8 +482,9 @@ class Daemon:
             self._release()
             return
         now = time.monotonic()
-        if not force and now - self._last_save < self.state_flush_s:
+        if not force and not self._urgent and now - self._last_save < self.state_flush_s:
             return
+        self._urgent = False
         if self._dirty:
             self._last_save = now
             self._write_state()
