@@ -33,10 +33,12 @@ probability. A backend that fails to build or to verify is refused with the reas
 logged as a warning, and the lane runs eager.
 
 Threads: torch uses ``inference.threads`` intra-op threads; ONNX Runtime sessions
-get the same number of intra-op threads and one inter-op thread; rtpick's numba
-kernels are serial (no ``parallel=True``) and run on the pipeline thread between
-forwards. So the forward never has more than ``threads`` busy threads and nothing
-else computes while it runs: set ``threads`` to the cores you give the daemon.
+get the same number of intra-op threads, one inter-op thread and no spinning
+between runs (``session.intra_op.allow_spinning = 0``: an idle pool would otherwise
+busy-wait on the cores the pipeline thread needs next); rtpick's numba kernels are
+serial (no ``parallel=True``) and run on the pipeline thread between forwards. So
+the forward never has more than ``threads`` busy threads and nothing else computes
+while it runs: set ``threads`` to the cores you give the daemon.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # no busy-waiting between runs: the idle pool would spin on the cores the pipeline
+        # thread needs for gathering and stacking the next batch
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
