@@ -124,3 +124,32 @@ def test_reduced_precision_keeps_f1(phasenet, cache_dir, name):
 def test_probe_batch_is_deterministic(phasenet):
     a, b = backends.probe_batch(phasenet), backends.probe_batch(phasenet)
     assert torch.equal(a, b) and a.shape == (backends.PROBE_WINDOWS, 3, 3001) and np.isfinite(a.numpy()).all()
+
+
+def test_cpu_backends_run_eager_on_other_devices(phasenet, cache_dir):
+    assert backends.select("onnxruntime", phasenet, "ab" * 32, 1, cache_dir, device="cuda").name == "eager"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_picks_equal_cpu_picks(oklahoma_dir, phasenet):
+    """On a GPU: the bundled demo's picks on CUDA equal CPU picks (one sample, probability 1e-3)."""
+    import copy
+
+    import obspy
+
+    from tests.oracle import shuffled_records, stream_through
+
+    stream = obspy.read(str(oklahoma_dir / "FNO.HH?.*")) + obspy.read(str(oklahoma_dir / "OKCFA.HH?.*"))
+    records = shuffled_records(stream, np.random.default_rng(3))
+    picks = {}
+    for device in ("cpu", "cuda"):
+        cfg = Config()
+        cfg.stream.component_wait_s = 60.0
+        cfg.inference.device = device
+        model = copy.deepcopy(phasenet).to(device)
+        _, got, _ = stream_through(cfg, LoadedModel(model, "seisbench:PhaseNet/original", "1", ""), records)
+        picks[device] = sorted(got, key=lambda p: (p.stream_id, p.phase, p.time_ns))
+    assert len(picks["cpu"]) == len(picks["cuda"]) > 0
+    for a, b in zip(picks["cpu"], picks["cuda"]):
+        assert (a.stream_id, a.phase) == (b.stream_id, b.phase)
+        assert abs(a.time_ns - b.time_ns) <= 10_000_000 and abs(a.probability - b.probability) <= 1e-3
