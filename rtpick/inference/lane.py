@@ -192,10 +192,9 @@ class Lane:
     def advance(self, station: Station, final: bool) -> None:
         """Queue the station's windows that are due (all of them when ``final``), pick what is final."""
         buf = station.buffer
-        seen = [f for f in buf.filled_to if f is not None]
-        if not seen:
+        if buf.lead is None:
             return
-        ready = max(seen) if final else buf.ready_to(self.wait_samples)
+        ready = buf.lead if final else buf.ready_to(self.wait_samples)
         scanned = station.scheduler.scanned_to
         if not final and scanned is not None and ready is not None and ready <= scanned:
             return  # a leading component moved; nothing new is complete for the station yet

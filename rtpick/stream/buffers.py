@@ -170,10 +170,10 @@ class GroupBuffer:
         ``wait_samples`` after the station's first sample; after that the station
         is taken to have only the components it has shown (e.g. vertical-only).
         """
-        seen = [f for f in self.filled_to if f is not None]
-        if not seen or self.first_index is None:
+        lead = self.lead
+        if lead is None or self.first_index is None:
             return None
-        lead = max(seen)
+        seen = [f for f in self.filled_to if f is not None]
         if len(seen) < len(self.filled_to) and lead - self.first_index < wait_samples:
             return self.first_index
         return max(min(seen), lead - wait_samples)
