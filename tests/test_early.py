@@ -8,6 +8,8 @@ regular ones. Nothing here is timed.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 from collections import Counter
 
@@ -18,6 +20,7 @@ import torch
 
 from rtpick.config import Config
 from rtpick.inference.models import LoadedModel
+from rtpick.ingest.replay import records_from_arrays
 from rtpick.pipeline import Pipeline
 from rtpick.publish.messages import pick_id, pick_message, topic_for, validate_message
 from rtpick.types import Pick
@@ -314,3 +317,74 @@ def test_state_file_keeps_open_preliminaries(tmp_path):
     bad["resume"]["OK.FNO.01.HH?"]["early"] = [{"id": 3}]
     path.write_text(json.dumps(bad))
     assert load_state(path).resume == {}  # the corrupt file is moved aside, the daemon starts clean
+
+
+class _ListIngest:
+    """Yields the given (record, position) items, then waits for stop (a live feed that went quiet) unless ``ends``."""
+
+    def __init__(self, items, ends: bool):
+        self.items, self.ends = items, ends
+        self._stop = threading.Event()
+
+    def records_with_position(self):
+        for item in self.items:
+            if self._stop.is_set():
+                return
+            yield item
+        if not self.ends:
+            self._stop.wait(120)
+
+    def stop(self):
+        self._stop.set()
+
+
+def test_lifecycle_survives_a_daemon_restart(oklahoma_dir, loaded, tmp_path):
+    """Daemon stopped (drain) while a preliminary is open; the restarted daemon closes it once, with its id."""
+    from rtpick.ingest.state import IngestState, load_state
+    from rtpick.service.daemon import Daemon, ListSink
+
+    stream = family_stream(oklahoma_dir, "FNO.HH")
+    theirs = loaded.model.classify(stream.copy()).picks
+    last_p = max(p.peak_time for p in theirs if p.phase == "P")
+    records = [rec for tr in stream for rec in records_from_arrays(tr.id, tr.stats.starttime.ns, 100.0, tr.data, 100)]
+    records.sort(key=lambda r: (r.end_ns, r.stream_id))  # 1 s records, as a live feed sends them
+    items = [(rec, ("OK_FNO", seq)) for seq, rec in enumerate(records, start=1)]
+    cut = next(k for k, rec in enumerate(records) if rec.end_ns > (last_p + 6.0).ns)
+    config = make_config(True)
+    config.early.interval_s = 0.05
+    config.inference.max_wait_s = 0.0
+    state_path = tmp_path / "rtpick.state"
+
+    first_sink = ListSink()
+    first = Daemon(config, _ListIngest(items[:cut], ends=False), [first_sink], pipeline=Pipeline(config, loaded),
+                   state=IngestState(), state_path=str(state_path), state_flush_s=0.0, tick_s=0.1)
+
+    def stop_once_preliminary():
+        for _ in range(600):  # bounded: at most 60 s
+            if first.stats.records_fed >= cut and any(p.status == "preliminary" and p.phase == "P" and p.time_ns > (last_p - 1).ns
+                                                      for p in first_sink.picks):
+                break
+            time.sleep(0.1)
+        first.stop()
+
+    watcher = threading.Thread(target=stop_once_preliminary)
+    watcher.start()
+    assert first.run(install_signals=False) == 0
+    watcher.join(timeout=70)
+    state = load_state(state_path)
+    opened = {o["id"] for point in state.resume.values() for o in point.get("early", [])}
+    assert opened, "no preliminary open at the stop"
+
+    context = [(rec, ("OK_FNO", -1)) for rec, _ in items[:cut] if rec.end_ns > records[cut].start_ns - 70 * 10**9]
+    second_sink = ListSink()
+    second = Daemon(config, _ListIngest(context + items[cut:], ends=True), [second_sink], pipeline=Pipeline(config, loaded),
+                    state=state, state_path=str(state_path), state_flush_s=0.0, tick_s=0.1)
+    assert second.run(install_signals=False) == 0
+    published = first_sink.picks + second_sink.picks
+    statuses = lifecycles(published)
+    for ident in opened:
+        assert statuses[ident][0] == "preliminary" and statuses[ident][1:] in (["final"], ["retracted"]), f"{ident}: {statuses[ident]}"
+    assert_closed_once(published)
+    finals = sorted((p.phase, p.time_ns) for p in published if p.status == "final")
+    reference = sorted((p.phase, p.time_ns) for p in run(Pipeline(make_config(False), loaded), records))
+    assert finals == reference
