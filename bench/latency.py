@@ -368,7 +368,7 @@ def main() -> None:
     parser.add_argument("--event-every", type=float, default=20.0, help="seconds between synthetic events")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--interval", type=float, default=2.0, help="early.interval_s")
-    parser.add_argument("--min-context", type=float, default=2.0, help="early.min_context_s of the real-time runs")
+    parser.add_argument("--min-context", type=float, default=1.0, help="early.min_context_s of the real-time runs")
     parser.add_argument("--records", default="1,512", help="record kinds: seconds of data, or 512 for full 512-byte records")
     parser.add_argument("--table", type=lambda s: [float(x) for x in s.split(",") if x.strip()], default=[1.0, 2.0, 3.0, 5.0],
                         help="min_context_s values of the trade-off table ('' to skip)")
