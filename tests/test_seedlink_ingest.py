@@ -518,6 +518,71 @@ def test_poison_packet_resent_forever_is_skipped(caplog, archive, fno, name, pay
     assert sum(_logged(caplog, c) for c in causes) == 1
 
 
+def _lockstep(fno, poison: bytes) -> list[tuple[str, int, bytes]]:
+    """OK_FNO and its renamed twin OK_TWIN numbered alike (1..8), as a server numbering per station
+    does for stations of the same rate: a packet of OK_FNO at sequence 5 whose payload is ``poison``
+    arrives while both stations expect 5 (OK_FNO's genuine records keep their data, numbered 1-4, 6-9)."""
+    pkts, _ = fno
+    twin = [p.data[:8] + b"TWIN " + p.data[13:] for p in pkts[:8]]
+    stream = []
+    for i in range(8):
+        if i == 4:
+            stream.append(("OK_FNO", 5, b"SL000005" + poison))
+        stream.append(("OK_FNO", i + 1 + (i >= 4), _packet(pkts[i], seq=i + 1 + (i >= 4))))
+        stream.append(("OK_TWIN", i + 1, b"SL%06X" % (i + 1) + twin[i]))
+    return stream
+
+
+def _serve_resuming(stream, sent: list, hold_s: float):
+    """Scenario: what each station asked for (by sequence number) from ``stream``, then ``hold_s`` of silence."""
+    def scenario(conn, n, requests):
+        wanted = _wanted_seqs(requests)
+        for station, seq, data in stream:
+            if seq >= wanted.get(station, 0):
+                sent.append((n, station, seq))
+                conn.sendall(data)
+        time.sleep(hold_s)
+
+    return scenario
+
+
+def test_non_miniseed_packet_of_an_ambiguous_station_is_skipped_in_stream(caplog, fno):
+    """Two stations expect the sequence number of a non-miniSEED packet: the 512 bytes are skipped,
+    the connection kept, and both stations get every genuine record (issue 14: one such packet used
+    to stall every station, re-sent on every reconnect)."""
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    sent: list = []
+    stream = _lockstep(fno, b"not miniSEED, but framed as a SeedLink 3 record ".ljust(512, b"."))
+    ingest, items = _collect(_serve_resuming(stream, sent, hold_s=4.0), ["OK_FNO", "OK_TWIN"], want=16)
+    got = defaultdict(list)
+    for record, (key, seq) in items:
+        got[key].append(seq)
+    assert got == {"OK_FNO": [1, 2, 3, 4, 6, 7, 8, 9], "OK_TWIN": list(range(1, 9))}
+    assert {n for n, *_ in sent} == {1}  # one connection: nothing re-requested
+    assert ingest.stats.errors == {"not_miniseed": 1}, ingest.stats.errors
+    assert _logged(caplog, "not_miniseed") == 1
+
+
+def test_framing_lost_at_an_ambiguous_packet_skips_it_for_every_candidate(caplog, fno):
+    """A non-miniSEED payload longer than 512 bytes (the frame after it is lost) of an unknown station,
+    re-sent on every reconnect: after POISON_RETRIES reconnects the stations expecting its number go
+    past it (each loses at most that one packet), and streaming goes on."""
+    from rtpick.ingest.seedlink import POISON_RETRIES
+
+    caplog.set_level(logging.INFO, logger="rtpick.ingest.seedlink")
+    sent: list = []
+    stream = _lockstep(fno, b"x" * 600)
+    ingest, items = _collect(_serve_resuming(stream, sent, hold_s=1.5), ["OK_FNO", "OK_TWIN"], want=15)
+    got = defaultdict(list)
+    for record, (key, seq) in items:
+        got[key].append(seq)
+    assert got == {"OK_FNO": [1, 2, 3, 4, 6, 7, 8, 9], "OK_TWIN": [1, 2, 3, 4, 6, 7, 8]}  # TWIN's 5 lost
+    assert [n for n, station, seq in sent if seq == 5 and station == "OK_FNO"] == list(range(1, POISON_RETRIES + 1))
+    errors = ingest.stats.errors
+    assert errors["poison_skipped"] == 2 and errors["not_miniseed"] == errors["bad_header"] == POISON_RETRIES, errors
+    assert _logged(caplog, "poison_skipped") == 2  # once per station
+
+
 # ---------------------------------------------------------------------------- selectors against the server
 @pytest.mark.parametrize(("text", "want"), [
     ("OK_KAY1 TA_TUL1", [("OK_KAY1", ()), ("TA_TUL1", ())]),

@@ -15,13 +15,22 @@ record dated 2099 or full of NaN never makes the genuine records after it look
 like duplicates.
 
 Poison packets: a data packet whose payload is not miniSEED is skipped, never
-re-requested: counted, its sequence number taken as received so a resume goes
-past it. When the payload still frames (its length is known) the connection is
-kept; when it does not, the client reconnects after it. The packet's station is
-read from the payload's fixed header; when that is unreadable it is the station
-whose next sequence number the packet carries (servers number per station), or
-the only station requested. A packet no station can be found for cannot be
-skipped: it is counted and logged, and the client reconnects.
+re-requested, and the connection is kept. A SeedLink 3 data frame is always
+``SL`` + 6 hex digits + one 512-byte record, so a payload whose record length
+cannot be told is skipped as exactly :data:`V3_RECORD_LEN` bytes; the bytes after
+it must open a frame again (``SL``/``SLINFO``/``END``/``ERROR``). The packet's
+station is read from the payload's fixed header; when that is unreadable it is
+the station whose next sequence number the packet carries (servers number per
+station), or the only station requested; that station's position takes the
+packet's sequence number, so a resume goes past it. When no single station can
+be named (rtpick's own server numbers per station, so stations move in lockstep
+and several expect the same number), no position moves: the station's next
+packet moves it. Only when the bytes after the skipped packet do not open a
+frame (the framing is really lost) does the client reconnect; if that happens
+:data:`POISON_RETRIES` times in a row at the same sequence number of an unknown
+station, every station expecting that number is moved past it (counted as
+``poison_skipped``): each loses at most that one packet, rather than all of them
+stalling forever.
 """
 
 from __future__ import annotations
@@ -53,9 +62,11 @@ Position = tuple[str, int]  # (NET_STA, sequence number); -1: context re-fed aft
 # every cause IngestStats.errors can count (docs/seedlink.md explains each)
 ERROR_CAUSES = ("bad_header", "not_miniseed", "bad_record", "disconnected", "timeout", "connect_failed",
                 "protocol_error", "no_station", "station_rejected", "selector_rejected", "unexpected_station",
-                "seq_backwards", "info_failed")
+                "seq_backwards", "info_failed", "poison_skipped")
 POLL_S = 0.2
 SEQ_MODULO = 0x1000000  # v3 sequence numbers are 6 hex digits
+V3_RECORD_LEN = 512  # SeedLink 3 data frames carry exactly one 512-byte miniSEED record
+POISON_RETRIES = 3  # framing lost this often at one unknown station's packet: skip it for every candidate
 NO_MATCH_LOG_S = 600.0  # "no selector matches" is logged as an ERROR at most this often while it lasts
 
 
@@ -158,6 +169,8 @@ class SeedLinkIngest:
         self._wanted_cache: dict[str, bool] = {}
         self._sid_cache: dict[str, str] = {}
         self._requested: list[str] = []  # stations requested on the current connection
+        self._unframed: tuple[int, str | None] | None = None  # (seq, station) of a skipped non-miniSEED packet, until a frame follows
+        self._lost_at: tuple[int, int] = (-1, 0)  # (seq, reconnects in a row) framing was lost at, owner unknown
         self._next_no_match_log = 0.0
 
     # -- public ---------------------------------------------------------------
@@ -325,6 +338,7 @@ class SeedLinkIngest:
     # -- streaming ------------------------------------------------------------
     def _stream(self, conn: SeedLink) -> Iterator[tuple[Record, Position]]:
         netto = self.cfg.netto_s
+        self._unframed = None
         last_rx = time.monotonic()
         next_keepalive = last_rx + netto / 2
         while not self._stop.is_set():
@@ -353,14 +367,25 @@ class SeedLinkIngest:
         """``conn._recv_frame()``, except that a data packet whose payload is not miniSEED is skipped.
 
         Returns the frame, None (dial-up END) or ``_SKIPPED``; raises :class:`_FramingLost` when the
-        payload's length cannot be told (the position is advanced past it before).
+        bytes after a skipped packet do not open a frame.
         """
-        if conn._classify_next() is not StreamEvent.PACKET:
-            return conn._recv_frame()  # END or an ERROR reply
-        header = parse_header_v3(conn._take(HEADSIZE_V3))
+        try:
+            if conn._classify_next() is not StreamEvent.PACKET:
+                frame = conn._recv_frame()  # END or an ERROR reply
+                self._unframed = None
+                return frame
+            header = parse_header_v3(conn._take(HEADSIZE_V3))
+        except SeedLinkError as exc:
+            unframed, self._unframed = self._unframed, None
+            if unframed is not None and conn.is_connected:  # bytes came, but no frame header
+                raise self._framing_lost(*unframed, exc) from exc
+            raise
+        self._unframed = None
         payload = self._read_payload(conn, header)
         if conn._recv_start == conn._recv_end:
             conn._reset_recv_buf()  # as _recv_frame does: do not pin a large buffer
+        if payload is None:
+            return _SKIPPED
         try:
             return decode_frame_v3(header, payload)
         except SeedLinkError as exc:
@@ -369,8 +394,11 @@ class SeedLinkIngest:
             self._poison(header.seqnum, payload, "bad_record", f"undecodable miniSEED: {exc}")
             return _SKIPPED
 
-    def _read_payload(self, conn: SeedLink, header: HeaderV3) -> bytes:
-        """One miniSEED record (a v3 header carries no length); socket errors propagate as they are."""
+    def _read_payload(self, conn: SeedLink, header: HeaderV3) -> bytes | None:
+        """One miniSEED record (a v3 header carries no length), or None: not miniSEED, skipped.
+
+        Socket errors propagate as they are.
+        """
         size = MIN_PAYLOAD_DETECT
         while True:
             head = conn._peek(size)
@@ -385,22 +413,53 @@ class SeedLinkIngest:
             if error is not None:
                 if header.is_info:
                     raise error
-                self._poison(header.seqnum, head, "not_miniseed", f"payload is not miniSEED ({error}); reconnecting after it")
-                raise _FramingLost(f"packet {header.seqnum:06X}: payload is not miniSEED")
+                payload = conn._take(V3_RECORD_LEN)  # a v3 data frame's record is 512 bytes
+                owner = self._poison(header.seqnum, payload, "not_miniseed", f"payload is not miniSEED ({error})")
+                self._unframed = (header.seqnum, owner)
+                return None
             size = min(size * 2, MAX_RECORD_LEN)
 
-    def _poison(self, seq: int, payload: bytes, cause: str, message: str) -> None:
-        """Skip a packet that cannot be decoded: counted, and its station's position moved past it."""
+    def _poison(self, seq: int, payload: bytes, cause: str, message: str) -> str | None:
+        """Skip a packet that cannot be decoded: counted, and its station's position moved past it.
+
+        Returns the station, or None when no single station can be named (no position moves).
+        """
         key = _header_station(payload)
         if key is None or not self._wanted(key):
-            owners = [k for k in self._requested if (self.seq.get(k, -2) + 1) % SEQ_MODULO == seq]
-            owners = owners or (self._requested if len(self._requested) == 1 else [])
+            owners = self._expecting(seq) or (self._requested if len(self._requested) == 1 else [])
             key = owners[0] if len(owners) == 1 else None
         if key is None:
-            self._count(cause, "", f"packet {seq:06X} of an unknown station: {message} (cannot be skipped)")
-            return
+            self._count(cause, "", f"packet {seq:06X} of an unknown station skipped: {message}")
+            return None
         self.seq[key] = seq
         self._count(cause, key, f"packet {seq:06X} skipped: {message}")
+        return key
+
+    def _expecting(self, seq: int) -> list[str]:
+        """The requested stations whose next sequence number is ``seq``."""
+        return [k for k in self._requested if (self.seq.get(k, -2) + 1) % SEQ_MODULO == seq]
+
+    def _framing_lost(self, seq: int, owner: str | None, exc: SeedLinkError) -> _FramingLost:
+        """No frame after a skipped non-miniSEED packet: count, and unstick a packet of an unknown station.
+
+        A known station's position is already past the packet. An unknown station's packet is
+        re-sent on every reconnect; after :data:`POISON_RETRIES` reconnects in a row at it, every
+        station expecting its sequence number is moved past it (``poison_skipped``, each loses at
+        most that one packet).
+        """
+        self._count("bad_header", owner or "", f"no frame after non-miniSEED packet {seq:06X} ({exc}): "
+                    "framing lost, reconnecting")
+        if owner is None:
+            last, times = self._lost_at
+            times = times + 1 if last == seq else 1
+            self._lost_at = (seq, times)
+            if times >= POISON_RETRIES:
+                self._lost_at = (-1, 0)
+                for key in self._expecting(seq):
+                    self.seq[key] = seq
+                    self._count("poison_skipped", key, f"packet {seq:06X} of an unknown station re-sent "
+                                f"{times} times with the framing lost after it: skipped by every station expecting it")
+        return _FramingLost(f"packet {seq:06X}: framing lost after a non-miniSEED payload")
 
     def _wanted(self, key: str) -> bool:
         ok = self._wanted_cache.get(key)
@@ -480,7 +539,7 @@ class SeedLinkIngest:
 
 
 class _FramingLost(SeedLinkError):
-    """A packet's payload could not be framed: reconnect (already counted, position moved past it)."""
+    """No frame after a skipped non-miniSEED packet: reconnect (already counted, see ``_framing_lost``)."""
 
 
 _SKIPPED = object()  # _read_frame: a packet was skipped, read on
