@@ -7,9 +7,10 @@ now) and ``rtpick run`` picks them at stride 10 s. Every few seconds the daemon'
 Prometheus endpoint is scraped for the data lag of its stations (newest sample vs
 wall clock, worst over the stations) and its RSS is read.
 
-A step is *held* when the worst lag over the last third of the step is not more
-than ``--max-growth-s`` above that of the first third (no growing backlog) and
-stays below ``--max-lag-s``. The largest held count per backend is reported, with
+A step is *held* when every station is live at the end (``rtpick_stations_live``:
+data within ``metrics.live_after_s``), and the worst lag over the last third of the
+step is not more than ``--max-growth-s`` above that of the first third (no growing
+backlog) and stays below ``--max-lag-s``. The largest held count per backend is reported, with
 RSS at the end of each step and RSS per station: the growth over the first step
 divided by the added stations (the process, model and server baseline excluded). The server shares the
 machine's cores with the daemon, as a co-located SeedLink server would; prints,
@@ -65,7 +66,7 @@ def step(stations: int, backend: str, args, work: Path) -> dict:
                      "--state-file", str(work / f"scale-{backend}-{stations}.state"),
                      "--begin-time", ns_to_iso(archive.start_ns)], work, f"scale-{backend}-{stations}")
     samples: list[tuple[float, float]] = []  # (wall s, worst station lag s)
-    rss = None
+    rss, live = None, 0.0
     try:
         start = time.monotonic()
         deadline = start + args.minutes * 60
@@ -73,9 +74,11 @@ def step(stations: int, backend: str, args, work: Path) -> dict:
             time.sleep(args.interval_s)
             rss = run.sample_rss() or rss
             try:
-                lag = by_label(scrape(f"http://127.0.0.1:{mport}/metrics"), "rtpick_station_data_lag_seconds", "station")
+                metrics = scrape(f"http://127.0.0.1:{mport}/metrics")
             except OSError:
                 continue
+            lag = by_label(metrics, "rtpick_station_data_lag_seconds", "station")
+            live = next((v for (name, _), v in metrics.items() if name == "rtpick_stations_live"), live)
             if lag:
                 samples.append((time.monotonic() - start, max(lag.values())))
         alive = run.alive()
@@ -86,9 +89,9 @@ def step(stations: int, backend: str, args, work: Path) -> dict:
     third = max(1, len(samples) // 3)
     first = max((lag for _, lag in samples[:third]), default=float("nan"))
     last = max((lag for _, lag in samples[-third:]), default=float("nan"))
-    held = alive and len(samples) >= 3 and last <= first + args.max_growth_s and last <= args.max_lag_s
+    held = alive and live >= stations and len(samples) >= 3 and last <= first + args.max_growth_s and last <= args.max_lag_s
     return {"stations": stations, "backend": backend, "held": held, "alive": alive, "lag_first": first, "lag_last": last,
-            "rss_mib": (rss or 0) / 1024, "samples": len(samples)}
+            "rss_mib": (rss or 0) / 1024, "samples": len(samples), "live": int(live)}
 
 
 def main() -> None:
@@ -106,14 +109,14 @@ def main() -> None:
         shutil.copytree(REPO.parent / "shared" / "seisbench-cache", work / "seisbench-cache")
         os.environ["SEISBENCH_CACHE_ROOT"] = str(work / "seisbench-cache")
     print(f"# scale: steps {args.steps}, {args.minutes:g} min each, stride 10 s, threads {args.threads}, cores {os.cpu_count()}, work {work}")
-    print(f"{'backend':12s} {'stations':>8s} {'held':>5s} {'lag first':>10s} {'lag last':>9s} {'RSS MiB':>8s} {'KiB/station':>12s}")
+    print(f"{'backend':12s} {'stations':>8s} {'live':>6s} {'held':>5s} {'lag first':>10s} {'lag last':>9s} {'RSS MiB':>8s} {'KiB/station':>12s}")
     for backend in args.backend:
         best, first = 0, None
         for n in args.steps:
             r = step(n, backend, args, work)
             per = "-" if first is None else f"{(r['rss_mib'] - first['rss_mib']) * 1024 / (n - first['stations']):.0f}"
             first = first or r
-            print(f"{backend:12s} {n:8d} {str(r['held']):>5s} {r['lag_first']:10.1f} {r['lag_last']:9.1f} "
+            print(f"{backend:12s} {n:8d} {r['live']:6d} {str(r['held']):>5s} {r['lag_first']:10.1f} {r['lag_last']:9.1f} "
                   f"{r['rss_mib']:8.0f} {per:>12s}" + ("" if r["alive"] else "  (daemon died)"), flush=True)
             if not r["held"]:
                 break
