@@ -265,6 +265,9 @@ def report(label: str, messages, samples, catalog, shift_ns: int, start_ns: int,
     print(f"(c) pick latency (published - pick time, s):  preliminary {percentiles([lat(d, 'published', 'time') for d in prelim])}")
     print(f"                                              final {percentiles([lat(d, 'published', 'time') for d in finals])}")
     print(f"                                              preliminary P {percentiles([lat(d, 'published', 'time') for d in prelim if d['phase'] == 'P'])}")
+    steady = start_ns + shift_ns + 60 * 10**9  # after the start-up (a station's first window is scored at once)
+    print(f"    after the first minute:                   preliminary P {percentiles([lat(d, 'published', 'time') for d in prelim if d['phase'] == 'P' and iso_to_ns(d['time']) >= steady])}")
+    print(f"                                              final {percentiles([lat(d, 'published', 'time') for d in finals if iso_to_ns(d['time']) >= steady])}")
     firsts = {}
     for d in events:
         firsts.setdefault(d["event_id"], d)
@@ -281,7 +284,7 @@ def report(label: str, messages, samples, catalog, shift_ns: int, start_ns: int,
     print(f"    events cancelled: {cancelled}; first revisions with preliminary picks: "
           f"{sum(1 for d in firsts.values() if d.get('n_preliminary'))} of {len(firsts)}")
     quality("real time", early)
-    quality("real time, after the first minute", early, after_ns=start_ns + shift_ns + 60 * 10**9)
+    quality("real time, after the first minute", early, after_ns=steady)
 
 
 def quality(label: str, lifecycle: list[dict], after_ns: int = 0) -> tuple[float, float, float]:
