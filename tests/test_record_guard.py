@@ -108,13 +108,27 @@ def test_backward_jump_far_behind_is_stale_small_overlap_passes():
     assert guard.rejected == {"time_jump": 1}
 
 
-def test_first_record_of_a_channel_far_from_its_station_is_rejected():
-    """HHE's first record dated 1970 while HHZ/HHN are in 2013; then its genuine records pass."""
+def test_first_record_of_a_channel_far_from_its_station_is_held_and_dropped_when_contradicted():
+    """HHE's first record dated 1970 while HHZ/HHN are in 2013: held, contradicted by HHE's next
+    record (dropped), and every genuine record passes."""
     epoch = Record("OK.FNO..HHE", 0, 100.0, np.zeros(N, dtype=np.int32))
     records = [rec("OK.FNO..HHZ", 0), rec("OK.FNO..HHN", 0), epoch, rec("OK.FNO..HHE", 1), rec("OK.OTHER..HHZ", 500)]
     guard = make()
     assert [i for _, i in run(guard, records)] == [0, 1, 3, 4]  # another station has its own time
-    assert guard.rejected == {"time_jump": 1}
+    assert guard.rejected == {"time_jump": 1} and guard.held == 0
+
+
+def test_bogus_first_record_of_a_station_loses_no_genuine_record():
+    """The station's very first record is dated 1970 (accepted: nothing to compare it with). The genuine
+    first records of the other channels are held until their next record confirms them, and the bogus
+    channel's jump forward is held and confirmed like any other: every genuine record goes downstream."""
+    epoch = Record("OK.FNO..HHZ", 86_400 * NS_PER_S, 100.0, np.zeros(N, dtype=np.int32))
+    records = [epoch] + [rec(f"OK.FNO..HH{c}", k) for k in range(4) for c in "NEZ"]
+    guard = make()
+    out = run(guard, records)
+    assert sorted(i for _, i in out) == list(range(len(records)))
+    assert [i for sid, i in out if sid == "OK.FNO..HHZ"] == [0, 3, 6, 9, 12]  # each channel in order
+    assert guard.rejected == {} and guard.held == 0
 
 
 def test_replay_snaps_odd_rates_to_the_clean_records(tmp_path):

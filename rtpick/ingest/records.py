@@ -35,9 +35,24 @@ logged once per (stream, cause). Rules, in order:
     *Backward*: a record ending more than ``max_jump_s`` before its channel's
     last accepted data is dropped (its samples are older than anything the
     buffers keep). Smaller overlaps go downstream; the buffers handle them.
-    *First record of a channel*: accepted unless it lies more than
-    ``max_jump_s`` away from the latest data of the other channels of its
-    station (HHE dated 1970 while HHZ and HHN are in 2013).
+    *First record of a channel*: accepted when it lies within ``max_jump_s``
+    of the latest data of the other channels of its station (or the station
+    has none yet). Otherwise it is held on probation exactly like a forward
+    jump, and its own channel's next record decides: contiguous (within
+    ``max_jump_s``) → both go downstream; otherwise it is dropped and the next
+    record is judged as the channel's first again. This loses no genuine
+    record in either order: HHE dated 1970 while HHZ and HHN are in 2013 is
+    held and contradicted by HHE's next record (dropped); and when the
+    station's very first record is the bogus one (HHZ dated 1970, accepted:
+    nothing to compare it with), the genuine first records of HHN and HHE are
+    held and confirmed by their next records, and HHZ's own next record is an
+    ordinary forward jump, held and confirmed (downstream, the pipeline
+    restarts the station, O(1)). Rejecting such a first record outright, as
+    before, dropped every genuine first record after a bogus one. A channel's
+    first record dated far *ahead* of its genuine data (possible only up to
+    ``max_future_s`` past the wall clock) is not caught by this rule when it
+    is its station's first record: the channel's genuine records then look
+    stale until its data passes that time.
 
 Records carry an opaque position (the SeedLink ``(NET_STA, seq)``) through the
 guard, so a held record is handed on later with its own position.
@@ -85,7 +100,8 @@ def snap_rate(rate: float, max_rate: float = MAX_RATE_HZ) -> float | None:
 @dataclass
 class _Channel(Generic[P]):
     end_ns: int | None = None  # end of the last accepted record
-    held: tuple[Record, P] | None = None  # a forward jump waiting for confirmation
+    held: tuple[Record, P] | None = None  # a forward jump (or a far first record) waiting for confirmation
+    held_why: str = ""  # what the held record is, for the log when nothing confirms it
 
 
 class RecordGuard(Generic[P]):
@@ -137,16 +153,14 @@ class RecordGuard(Generic[P]):
             chan.held = None
             if held.start_ns <= record.start_ns <= held.end_ns + self.max_jump_ns:
                 return self._accept(chan, held, held_pos) + self._accept(chan, record, position)
-            self._reject(held, "time_jump", "a jump forward that the channel's next record did not confirm")
+            self._reject(held, "time_jump", f"{chan.held_why} that the channel's next record did not confirm")
         if chan.end_ns is None:
             ref = self._station_end.get(_station(record.stream_id))
             if ref is not None and not ref - self.max_jump_ns <= record.start_ns <= ref + self.max_jump_ns:
-                self._reject(record, "time_jump", "first record far from the other channels of its station")
-                return []
+                return self._hold(chan, record, position, "a first record far from the other channels of its station")
             return self._accept(chan, record, position)
         if record.start_ns > chan.end_ns + self.max_jump_ns:
-            chan.held = (record, position)
-            return []
+            return self._hold(chan, record, position, "a jump forward")
         if record.end_ns < chan.end_ns - self.max_jump_ns:
             self._reject(record, "time_jump", "older than the channel's recent data (stale)")
             return []
@@ -163,12 +177,18 @@ class RecordGuard(Generic[P]):
         """End of the data: held records that nothing confirmed are dropped (counted as ``time_jump``)."""
         for chan in self._channels.values():
             if chan.held is not None:
-                self._reject(chan.held[0], "time_jump", "a jump forward still unconfirmed at the end of the data")
+                self._reject(chan.held[0], "time_jump", f"{chan.held_why} still unconfirmed at the end of the data")
                 chan.held = None
 
     @property
     def held(self) -> int:
         return sum(1 for chan in self._channels.values() if chan.held is not None)
+
+    @staticmethod
+    def _hold(chan: _Channel[P], record: Record, position: P, why: str) -> list[tuple[Record, P]]:
+        """Probation: the channel's next record decides (see :meth:`place`)."""
+        chan.held, chan.held_why = (record, position), why
+        return []
 
     def _accept(self, chan: _Channel[P], record: Record, position: P) -> list[tuple[Record, P]]:
         end = record.end_ns
