@@ -254,7 +254,7 @@ def restart_only_changes(old: Any, new: Any) -> list[str]:
     """What differs between two configs that a reload does not apply (lanes are re-resolved separately)."""
     from rtpick.inference.regions import effective_regions
 
-    lines = [f"[{section}] changed" for section in ("stream", "seedlink", "publish", "metrics", "associate", "logging")
+    lines = [f"[{section}] changed" for section in ("stream", "early", "seedlink", "publish", "metrics", "associate", "logging")
              if getattr(new, section) != getattr(old, section)]
     for key in ("threads", "max_wait_s", "block_end"):
         if getattr(new.inference, key) != getattr(old.inference, key):
