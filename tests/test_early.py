@@ -388,3 +388,44 @@ def test_lifecycle_survives_a_daemon_restart(oklahoma_dir, loaded, tmp_path):
     finals = sorted((p.phase, p.time_ns) for p in published if p.status == "final")
     reference = sorted((p.phase, p.time_ns) for p in run(Pipeline(make_config(False), loaded), records))
     assert finals == reference
+
+
+def test_finals_only_subscriber_over_zeromq():
+    """Outputs with early on: a 'pick.' subscriber gets only the finals (own ids, no status); 'pick_early.' the life cycle."""
+    import dataclasses
+
+    import zmq
+
+    from rtpick.publish.outputs import Outputs
+    from tests.test_publish_messages import make_pick
+    from tests.test_publish_zmq import receive, subscribe, wait_joined
+
+    config = Config()
+    config.publish.endpoint = "tcp://127.0.0.1:*"
+    config.publish.linger_s = 0.2
+    config.early.enabled = True
+    outputs = Outputs(config).start()
+    context = zmq.Context()
+    finals_only = subscribe(context, outputs.publisher.endpoint, "pick.")
+    early = subscribe(context, outputs.publisher.endpoint, "pick_early.")
+    try:
+        wait_joined(outputs.publisher, finals_only, topic=b"pick.probe")
+        wait_joined(outputs.publisher, early, topic=b"pick_early.probe")
+        plain = make_pick("OK.FNO.01.HHZ", "S", 3.0)
+        prelim = dataclasses.replace(make_pick(), status="preliminary", lifecycle_id=pick_id(make_pick()))
+        final = dataclasses.replace(make_pick(offset_s=0.05), lifecycle_id=prelim.lifecycle_id)
+        gone = dataclasses.replace(make_pick(offset_s=9.0), status="retracted", lifecycle_id="OK.SIO..HHZ/P/9")
+        outputs.publish_picks([prelim, plain, final, gone])
+        got = receive(finals_only, 3, timeout=2.0)
+        assert [(t, d["pick_id"]) for t, d in got] == [("pick.OK.FNO", pick_id(plain)), ("pick.OK.SIO", pick_id(final))]
+        assert all("status" not in d for _, d in got)
+        lifecycle = receive(early, 5, timeout=2.0)
+        assert [(d["status"], d["pick_id"]) for _, d in lifecycle] == [
+            ("preliminary", prelim.lifecycle_id), ("final", pick_id(plain)), ("final", prelim.lifecycle_id),
+            ("retracted", "OK.SIO..HHZ/P/9")]
+        assert lifecycle[2][1]["final_pick_id"] == pick_id(final)
+    finally:
+        outputs.close()
+        finals_only.close()
+        early.close()
+        context.term()
