@@ -335,9 +335,16 @@ class Pipeline:
         """
         for key, point in points.items():
             try:
-                self._early_open[key] = ([OpenPick.from_json(o) for o in point.get("early", [])], float(point["sampling_rate"]))
+                opened = [OpenPick.from_json(o) for o in point.get("early", [])]
+                rate = float(point["sampling_rate"])
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("%s: open preliminary picks %r ignored: %s", key, point.get("early"), exc)
+            else:
+                station = self.stations.get(key)
+                if opened and station is not None:
+                    station.lane.reopen(station, opened, same_grid=rate == station.lane.fs)
+                elif opened:
+                    self._early_open[key] = (opened, rate)
             try:
                 rate = float(point["sampling_rate"])
                 picked_to = int(point["picked_to"])
