@@ -23,7 +23,7 @@ from rtpick.types import NS_PER_S, iso_to_ns
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--topic", action="append", default=[], metavar="PREFIX",
-                        help="topic prefix to subscribe to: 'pick.', 'pick.OK.SIO', 'event', 'status' (repeatable; default: everything)")
+                        help="topic prefix to subscribe to: 'pick.' (final picks), 'pick_early.' (preliminary, final, retracted), 'pick.OK.SIO', 'event', 'status' (repeatable; default: everything)")
     parser.add_argument("--count", type=int, default=0, help="exit after this many messages (default: run until interrupted)")
     parser.add_argument("--timeout", type=float, default=0.0, help="exit with status 1 if no message arrives for this many seconds")
     parser.add_argument("--with-topic", action="store_true", help="print 'TOPIC<TAB>JSON' instead of bare JSON")
