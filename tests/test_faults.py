@@ -68,6 +68,10 @@ CASES = [
 # that sequence number, so a client cannot tell from the numbers alone whose packet it is.
 TWINS = {"XX_F16": "OK_FNO"}
 SNAPPED = {"XX_F01": 100, "XX_F02": 100, "XX_F03": 40}  # rates within tolerance of a nominal rate (snapped)
+# a channel's first record dated 1970 (the station's first, or after another channel's): only that record's
+# data is lost, so every pick from HEAD_S after the station's data start on equals the source's
+FIRST_RECORD_CASES = ("XX_F07", "XX_F15")
+HEAD_S = 60.0  # a window (30 s), a stride (15 s) and margin: the windows that held the lost record
 # causes that must have counted at least this many records (rtpick_records_rejected_total{cause})
 REJECTED_AT_LEAST = {"bad_sampling_rate": 2, "future_time": 1, "time_jump": 4, "non_finite": 1}
 POISON_CAUSES = ("bad_header", "not_miniseed", "bad_record")  # rtpick_ingest_errors{cause}
@@ -117,14 +121,27 @@ def reference(workdir) -> dict[str, dict]:
     return {p["pick_id"]: p for p in picks}
 
 
+def _data_bounds() -> dict[str, tuple[int, int]]:
+    """Per NET.STA: (start, end) of its data in the clean archive."""
+    out: dict[str, tuple[int, int]] = {}
+    for trace in FaultArchive([OKLAHOMA]).traces:
+        key = f"{trace.stats.network}.{trace.stats.station}"
+        start, end = int(trace.stats.starttime.ns), int(trace.stats.endtime.ns)
+        old = out.get(key, (start, end))
+        out[key] = (min(old[0], start), max(old[1], end))
+    return out
+
+
 @pytest.fixture(scope="module")
 def data_end_ns() -> dict[str, int]:
     """Per NET.STA: the end of its data in the clean archive."""
-    out: dict[str, int] = {}
-    for trace in FaultArchive([OKLAHOMA]).traces:
-        key = f"{trace.stats.network}.{trace.stats.station}"
-        out[key] = max(out.get(key, 0), int(trace.stats.endtime.ns))
-    return out
+    return {key: end for key, (_, end) in _data_bounds().items()}
+
+
+@pytest.fixture(scope="module")
+def data_start_ns() -> dict[str, int]:
+    """Per NET.STA: the start of its data in the clean archive."""
+    return {key: start for key, (start, _) in _data_bounds().items()}
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +209,8 @@ def _renamed(reference: dict[str, dict], source: str, copy: str) -> dict[str, di
             for pid, p in reference.items() if pid.startswith(src)}
 
 
-def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_reference, data_end_ns, workdir):
+def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_reference, data_end_ns, data_start_ns,
+                                             workdir):
     """Acceptance 1: odd rates, 2099/1970/future dates, NaN, poison packets, a 24 h outage, all at once."""
     mport = free_port()
     config = _config(workdir / "faults.toml", mport)
@@ -232,6 +250,13 @@ def test_one_daemon_survives_every_bad_input(fault_archive, reference, snapped_r
             ref = {pid: p for pid, p in snapped_reference.items() if _station(pid) == copy.replace("_", ".")}
             assert ref, f"{copy}: the reference replay has no picks"
             assert_same_picks(mine, ref, ends, f"{copy} (snapped rate)")
+        elif copy in FIRST_RECORD_CASES:  # genuine records around a bogus first record are all kept
+            ends = {copy.replace("_", "."): data_end_ns[source.replace("_", ".")]}
+            after = data_start_ns[source.replace("_", ".")] + HEAD_S * NS
+            ref = {pid: p for pid, p in _renamed(reference, source, copy).items() if _time_ns(pid) >= after}
+            assert ref, f"{copy}: the reference replay has no picks after the head"
+            mine = [p for p in mine if _time_ns(p["pick_id"]) >= after]
+            assert_same_picks(mine, ref, ends, f"{copy} (1970 first record)")
         else:
             twice = [pid for pid, n in Counter(p["pick_id"] for p in mine).items() if n > 1]
             assert not twice, f"{copy}: picks published twice: {twice}"

@@ -169,7 +169,8 @@ class SeedLinkIngest:
         self._wanted_cache: dict[str, bool] = {}
         self._sid_cache: dict[str, str] = {}
         self._requested: list[str] = []  # stations requested on the current connection
-        self._unframed: tuple[int, str | None] | None = None  # (seq, station) of a skipped non-miniSEED packet, until a frame follows
+        # (seq, station or None) of a skipped non-miniSEED packet, until a frame header follows it
+        self._unframed: tuple[int, str | None] | None = None
         self._lost_at: tuple[int, int] = (-1, 0)  # (seq, reconnects in a row) framing was lost at, owner unknown
         self._next_no_match_log = 0.0
 
