@@ -50,3 +50,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def table(oklahoma_dir):
+    """1D travel-time table of the bundled Oklahoma velocity model (associator and locator tests)."""
+    from rtpick.associate import load_table
+
+    return load_table(str(oklahoma_dir / "Oklahoma.nd"))
+
+
+@pytest.fixture(scope="module")
+def stations(oklahoma_dir):
+    """~50 distinct Oklahoma stations in a 150 km box (the association benchmark's geometry)."""
+    import numpy as np
+
+    from rtpick.associate import load_stations
+
+    st = load_stations(oklahoma_dir / "tt_stations_1D.db", network="OK")
+    _, first = np.unique(np.round(np.c_[st.latitude, st.longitude], 3), axis=0, return_index=True)
+    st = st.subset(np.sort(first))
+    inside = (np.abs(st.latitude - 35.8) < 0.675) & (np.abs(st.longitude + 97.0) < 0.83)
+    return st.subset(np.flatnonzero(inside))

@@ -26,21 +26,6 @@ from rtpick.types import NS_PER_S, Pick
 T0 = 1_700_000_000 * NS_PER_S
 
 
-@pytest.fixture(scope="module")
-def table(oklahoma_dir):
-    return load_table(str(oklahoma_dir / "Oklahoma.nd"))
-
-
-@pytest.fixture(scope="module")
-def stations(oklahoma_dir):
-    """~50 distinct Oklahoma stations in a 150 km box (the benchmark's geometry)."""
-    st = load_stations(oklahoma_dir / "tt_stations_1D.db", network="OK")
-    _, first = np.unique(np.round(np.c_[st.latitude, st.longitude], 3), axis=0, return_index=True)
-    st = st.subset(np.sort(first))
-    inside = (np.abs(st.latitude - 35.8) < 0.675) & (np.abs(st.longitude + 97.0) < 0.83)
-    return st.subset(np.flatnonzero(inside))
-
-
 def _picks(stations, table, lat, lon, depth, origin_ns, max_km=60.0, phases=(0, 1), prob=0.8, tag=""):
     d = distance_km(lat, lon, stations.latitude, stations.longitude)
     out = []

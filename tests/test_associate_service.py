@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtpick.associate import SwarmAssociator, load_stations, load_table
+from rtpick.associate import SwarmAssociator, load_stations
 from rtpick.associate.intake import CHECK_AFTER, PickIntake
 from rtpick.associate.stations import distance_km
 from rtpick.publish.messages import pick_message, validate_message
@@ -26,11 +26,6 @@ from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000 * NS_PER_S
-
-
-@pytest.fixture(scope="module")
-def table(oklahoma_dir):
-    return load_table(str(oklahoma_dir / "Oklahoma.nd"))
 
 
 @pytest.fixture(scope="module")

@@ -5,26 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtpick.associate import load_stations, load_table
 from rtpick.associate.locate import Locator, LocatorSettings
 from rtpick.associate.stations import distance_km
 from rtpick.publish.messages import event_message, validate_message
 from rtpick.types import NS_PER_S, Event, Pick
-
-
-@pytest.fixture(scope="module")
-def table(oklahoma_dir):
-    return load_table(str(oklahoma_dir / "Oklahoma.nd"))
-
-
-@pytest.fixture(scope="module")
-def stations(oklahoma_dir):
-    """~50 distinct Oklahoma stations in a 150 km box (the benchmark's geometry)."""
-    st = load_stations(oklahoma_dir / "tt_stations_1D.db", network="OK")
-    _, first = np.unique(np.round(np.c_[st.latitude, st.longitude], 3), axis=0, return_index=True)
-    st = st.subset(np.sort(first))
-    inside = (np.abs(st.latitude - 35.8) < 0.675) & (np.abs(st.longitude + 97.0) < 0.83)
-    return st.subset(np.flatnonzero(inside))
 
 
 def _arrivals(stations, table, lat, lon, depth, t0=100.0, max_km=60.0, min_km=0.0, noise=0.0, seed=0):
