@@ -13,8 +13,9 @@ step is not more than ``--max-growth-s`` above that of the first third (no growi
 backlog) and stays below ``--max-lag-s``. The largest held count per backend is reported, with
 RSS at the end of each step and RSS per station: the growth over the first step
 divided by the added stations (the process, model and server baseline excluded). The server shares the
-machine's cores with the daemon, as a co-located SeedLink server would; prints,
-asserts nothing.
+machine's cores with the daemon, as a co-located SeedLink server would; its guard
+of 1,024 STATION requests per session is raised here, since rtpick asks for every
+station of one session by name (per-station resume). Prints, asserts nothing.
 
     .venv/bin/python bench/scale.py --steps 500 1000 2000 3000 --minutes 10 --backend onnxruntime
     .venv/bin/python bench/scale.py --steps 200 --minutes 2 --backend eager onnxruntime   # short check
@@ -23,6 +24,7 @@ asserts nothing.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -35,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rtpick.seedlink_server import server as seedlink_server  # noqa: E402
 from rtpick.seedlink_server.archive import NS  # noqa: E402
 from rtpick.seedlink_server.faults import FaultArchive, FaultServer  # noqa: E402
 from rtpick.types import ns_to_iso  # noqa: E402
@@ -104,6 +107,8 @@ def main() -> None:
     ap.add_argument("--max-lag-s", type=float, default=60.0, help="worst station lag a held step may reach")
     ap.add_argument("--max-growth-s", type=float, default=10.0, help="lag growth (last third vs first third) a held step may show")
     args = ap.parse_args()
+    seedlink_server.MAX_REQUESTS = max(seedlink_server.MAX_REQUESTS, 2 * max(args.steps))
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # sends to the daemon's socket after it stopped
     work = Path(tempfile.mkdtemp(prefix="rtpick-scale-"))
     if "SEISBENCH_CACHE_ROOT" not in os.environ:  # a writable copy of the offline weights (never download)
         shutil.copytree(REPO.parent / "shared" / "seisbench-cache", work / "seisbench-cache")
