@@ -143,20 +143,25 @@ def reload_hook(config_path: Path, metrics: Metrics) -> SystemdHook:
     return SystemdHook(SimpleNamespace(metrics=metrics), str(config_path), notifier=Notifier(""))
 
 
-def failures(metrics: Metrics, region: str = "default") -> float:
-    return metrics.registry.get_sample_value("rtpick_model_reload_failures_total", {"region": region}) or 0.0
-
-
-def test_swap_mid_replay_computes_every_window_once_and_picks_carry_the_model(tmp_path, models, records, gathered, caplog):
+def running_original(tmp_path: Path, records, gathered):
+    """A pipeline on the original model with its reload hook; the windows a run without a swap computes."""
     config_path = tmp_path / "rtpick.toml"
     write_config(config_path, ORIGINAL)
     reference = reference_windows(config_path, records, gathered)
     config = load_config(config_path)
     pipe = Pipeline(config)
-    old = pipe.lanes["default"].loaded
     daemon, metrics = InlineDaemon(config, pipe), Metrics(process=False)
+    return config_path, reference, pipe, daemon, metrics, reload_hook(config_path, metrics)
+
+
+def failures(metrics: Metrics, region: str = "default") -> float:
+    return metrics.registry.get_sample_value("rtpick_model_reload_failures_total", {"region": region}) or 0.0
+
+
+def test_swap_mid_replay_computes_every_window_once_and_picks_carry_the_model(tmp_path, models, records, gathered, caplog):
+    config_path, reference, pipe, daemon, metrics, hook = running_original(tmp_path, records, gathered)
+    old = pipe.lanes["default"].loaded
     metrics.set_model(old.model_id, old.version, old.sha256)
-    hook = reload_hook(config_path, metrics)
     before, half = [], 0
     while half < len(records) // 2 or not pipe.lanes["default"].queue:  # switch mid-replay with windows queued
         before += pipe.feed(records[half])
@@ -197,14 +202,8 @@ BAD = {
 
 
 def test_bad_models_are_refused_and_the_old_model_keeps_picking(tmp_path, models, records, gathered, caplog):
-    config_path = tmp_path / "rtpick.toml"
-    write_config(config_path, ORIGINAL)
-    reference = reference_windows(config_path, records, gathered)
-    config = load_config(config_path)
-    pipe = Pipeline(config)
+    config_path, reference, pipe, daemon, metrics, hook = running_original(tmp_path, records, gathered)
     old = pipe.lanes["default"].loaded
-    daemon, metrics = InlineDaemon(config, pipe), Metrics(process=False)
-    hook = reload_hook(config_path, metrics)
     half = len(records) // 2
     picks = [p for record in records[:half] for p in pipe.feed(record)]
     for n, (name, reason) in enumerate(BAD.items(), start=1):
