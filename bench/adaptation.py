@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         log(f"ceiling seed {seed}: {fmt(row)}")
     save(results, out)
 
-    for n in [int(v) for v in args.n.split(",")]:
+    for n in [int(v) for v in args.n.split(",") if v]:
         if n > len(train_quakes):
             log(f"N={n}: only {len(train_quakes)} training earthquakes; skipped")
             continue
