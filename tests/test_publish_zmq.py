@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from rtpick.config import ConfigError, parse_config
 from rtpick.publish.messages import pick_message, validate_message
 from rtpick.publish.zmq import Publisher, PublishError
+from rtpick.types import iso_to_ns
 
 from tests.procs import drive_until_exit
 from tests.test_publish_messages import make_event, make_pick
@@ -86,6 +87,7 @@ def test_picks_and_events_arrive_on_prefix_topics(context, publisher):
     sio_only = subscribe(context, publisher.endpoint, "pick.OK.SIO", "status")
     wait_joined(publisher, everything, sio_only)
     picks = [make_pick("OK.SIO..HHZ"), make_pick("OK.FNO.01.HHZ", "S", 2.0), make_pick("OK.SIO..HHZ", "S", 4.0)]
+    before_ns = time.time_ns() - 1000  # published times are rounded to the microsecond
     for pick in picks:
         assert publisher.publish_pick(pick)
     publisher.publish_event(make_event())
@@ -93,8 +95,9 @@ def test_picks_and_events_arrive_on_prefix_topics(context, publisher):
     assert [t for t, _ in got] == ["pick.OK.SIO", "pick.OK.FNO", "pick.OK.SIO", "event"]
     for (_, doc), pick in zip(got, picks):
         validate_message(doc)
-        expected = pick_message(pick)
-        assert {k: v for k, v in doc.items() if k != "seq"} == expected
+        published = iso_to_ns(doc["published"])  # the wall clock of the send itself
+        assert before_ns <= published <= time.time_ns()
+        assert {k: v for k, v in doc.items() if k != "seq"} == pick_message(pick, published_ns=published)
     validate_message(got[3][1])
     assert [d["seq"] for t, d in got if t == "pick.OK.SIO"] == [1, 2]  # per-topic sequence
     assert [d["stream_id"] for _, d in receive(sio_only, 2)] == ["OK.SIO..HHZ", "OK.SIO..HHZ"]
