@@ -88,7 +88,6 @@ def component_map(order: str) -> dict[str, int]:
 
 
 # What a swapped-in model must keep: the stations' buffers, window grid and stacked sums depend on it.
-_SWAP_INVARIANTS = ("fs", "in_samples", "step", "labels", "component_order", "stacking", "buffer_samples")
 
 
 class Lane:
@@ -141,10 +140,9 @@ class Lane:
         self.use_max = spec.stacking == "max"
         self.thresholds = dict(spec.thresholds)
         self.batch_size = spec.batch_size
-        argdict = {**(getattr(net, "default_args", {}) or {}), **spec.argdict()}
         inf = self.host.config.inference
         cache_dir = Path(inf.backend_cache_dir).expanduser() if inf.backend_cache_dir else None
-        self.engine = InferenceEngine(net, argdict, inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region)
+        self.engine = InferenceEngine(net, spec.model_argdict(net), inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region)
         self._batch = np.zeros((spec.batch_size, len(spec.component_order), spec.in_samples), dtype=np.float32)
         self._index = np.zeros((4, spec.batch_size), dtype=np.int64)  # a batch's slots, starts, skips, rows
         self._identity = {"region": spec.region, "model_sha256": loaded.sha256}
@@ -472,12 +470,12 @@ class Lane:
 
         Call between batches (the pipeline thread). Queued windows stay queued and
         are computed once, by the new model. Raises ValueError naming the region if
-        the new model does not keep what the stations depend on (``_SWAP_INVARIANTS``);
+        the new model does not keep what the stations depend on (``LaneSpec.restart_changes``);
         the old model then stays in place. Thresholds in force follow the new spec.
         """
         if spec.region != self.region:
             raise ValueError(f"region {self.region!r}: spec is for region {spec.region!r}")
-        changed = [f"{name} {getattr(self.spec, name)!r} -> {getattr(spec, name)!r}" for name in _SWAP_INVARIANTS if getattr(spec, name) != getattr(self.spec, name)]
+        changed = [f"{name} {getattr(self.spec, name)!r} -> {getattr(spec, name)!r}" for name in self.spec.restart_changes(spec)]
         if changed:
             raise ValueError(f"region {self.region!r}: the new model changes {', '.join(changed)}; its stations cannot switch without a restart")
         self._install(spec, loaded)

@@ -234,6 +234,28 @@ class LaneSpec:
         """The SeisBench annotate arguments of this lane (for the model's batch hooks)."""
         return {"overlap": self.overlap, "stacking": self.stacking, "blinding": self.blinding}
 
+    def model_argdict(self, model: Any) -> dict[str, Any]:
+        """What the lane's engine hands ``model``'s batch hooks: its ``default_args`` under the lane's own."""
+        return {**(getattr(model, "default_args", {}) or {}), **self.argdict()}
+
+    def restart_changes(self, new: LaneSpec) -> list[str]:
+        """The :data:`RESTART_FIELDS` that ``new`` changes: a running lane cannot take them."""
+        return [name for name in RESTART_FIELDS if getattr(self, name) != getattr(new, name)]
+
+
+# LaneSpec fields a running lane cannot change: they size its stations' buffers, stacking
+# arrays, trigger state and window grid (field -> what the operator is told)
+RESTART_FIELDS: dict[str, str] = {
+    "fs": "sampling rate (Hz)",
+    "in_samples": "window length (samples)",
+    "step": "window step (samples)",
+    "labels": "output labels",
+    "component_order": "component order",
+    "stacking": "stacking",
+    "channels": "channel families",
+    "buffer_samples": "buffer length (samples)",
+}
+
 
 def region_models(config: Config) -> dict[str, tuple[str, str]]:
     """Region name → (model spec, device) it needs."""

@@ -16,7 +16,7 @@ option set in the file → the model's ``default_args``), and compares:
 Verification, all off the pipeline thread: the model loads; rtpick can run it
 exactly (the refusals of :mod:`rtpick.inference.models`); its sampling rate,
 window, step, labels, component order, stacking, channels and buffer equal the
-lane's (:data:`RESTART_FIELDS`: they size the ring buffers, stacking arrays and
+lane's (:data:`rtpick.inference.regions.RESTART_FIELDS`: they size the ring buffers, stacking arrays and
 trigger state of stations already running, so changing them "needs a restart");
 one dry-run batch of the lane's shape (batch size × components × window, through
 the same :class:`~rtpick.inference.engine.InferenceEngine` path as live windows)
@@ -38,20 +38,8 @@ import numpy as np
 from rtpick.config import Config
 from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel, ModelError, load_model
-from rtpick.inference.regions import LaneSpec, RegionError, effective_regions, region_lane_spec
+from rtpick.inference.regions import RESTART_FIELDS, LaneSpec, RegionError, effective_regions, region_lane_spec
 
-# LaneSpec fields a running lane cannot change: they size its stations' buffers, stacking
-# arrays, trigger state and window grid (field -> what the operator is told)
-RESTART_FIELDS: dict[str, str] = {
-    "fs": "sampling rate (Hz)",
-    "in_samples": "window length (samples)",
-    "step": "window step (samples)",
-    "labels": "output labels",
-    "component_order": "component order",
-    "stacking": "stacking",
-    "channels": "channel families",
-    "buffer_samples": "buffer length (samples)",
-}
 DRY_RUN_SEED = 20130616
 REASON_CHARS = 400  # torch's state-dict errors list every key: the log line keeps the start
 
@@ -146,8 +134,7 @@ def plan_reload(config: Config, lanes: Mapping[str, tuple[LaneSpec, LoadedModel]
 
 def check_fits(old: LaneSpec, new: LaneSpec) -> None:
     """:class:`ModelError` naming every lane setting the new spec would change that needs a restart."""
-    differ = [f"{what} {getattr(old, name)!r} -> {getattr(new, name)!r}" for name, what in RESTART_FIELDS.items()
-              if getattr(old, name) != getattr(new, name)]
+    differ = [f"{RESTART_FIELDS[name]} {getattr(old, name)!r} -> {getattr(new, name)!r}" for name in old.restart_changes(new)]
     if differ:
         raise ModelError(f"{new.model_id} does not fit the running lane ({'; '.join(differ)}): this needs a restart")
 
@@ -167,8 +154,7 @@ def verify(loaded: LoadedModel, spec: LaneSpec, threads: int = 1) -> None:
     batch = np.empty((batch_size, n_comp, n), dtype=np.float32)
     expected = (batch_size, n, len(spec.labels))
     try:
-        argdict = {**(getattr(loaded.model, "default_args", {}) or {}), **spec.argdict()}  # as the lane's engine
-        engine = InferenceEngine(loaded.model, argdict, threads, spec.device)
+        engine = InferenceEngine(loaded.model, spec.model_argdict(loaded.model), threads, spec.device)
         engine.gather(data, have, np.zeros(batch_size, dtype=np.int64), batch)
         out = engine.predict(batch)
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model is a refusal, with its reason
