@@ -133,19 +133,9 @@ class Pipeline:
         return self._first.loaded
 
     @property
-    def engine(self):
-        """The first lane's inference engine."""
-        return self._first.engine
-
-    @property
     def fs(self) -> float:
         """The first lane's model sampling rate."""
         return self._first.fs
-
-    @property
-    def in_samples(self) -> int:
-        """The first lane's window length."""
-        return self._first.in_samples
 
     @property
     def labels(self) -> list[str]:

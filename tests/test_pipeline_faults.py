@@ -94,7 +94,7 @@ def test_failing_channel_is_quarantined_and_the_rest_goes_on(loaded, records, cl
 
 def test_failed_batch_drops_its_windows_only(loaded, records, clean, monkeypatch):
     pipe = Pipeline(Config(), loaded)
-    predict = pipe.engine.predict
+    predict = pipe.lanes["default"].engine.predict
     calls = []
 
     def flaky(batch):
@@ -103,7 +103,7 @@ def test_failed_batch_drops_its_windows_only(loaded, records, clean, monkeypatch
             raise RuntimeError("simulated CUDA error")
         return predict(batch)
 
-    monkeypatch.setattr(pipe.engine, "predict", flaky)
+    monkeypatch.setattr(pipe.lanes["default"].engine, "predict", flaky)
     pipe, picks = run(loaded, records, pipe=pipe)
     assert pipe.stats.windows_failed == calls[1]
     assert pipe.stats.windows + pipe.stats.windows_failed == clean[0].stats.windows
