@@ -187,7 +187,7 @@ def main() -> None:
     stream = make_stream(args.stations, args.seconds)
     forwards = {}
     for name in args.backend:  # build (export, verify) each backend once, outside the clock
-        engine = Pipeline(bench_config(10.0, args.threads, args.batch, name, args.device), loaded).engine
+        engine = Pipeline(bench_config(10.0, args.threads, args.batch, name, args.device), loaded).lanes["default"].engine
         forwards[name] = engine.backend.forward
         print(f"# backend {name}: {'refused, runs as ' + engine.backend.name if engine.backend.name != name else 'reference' if name == 'eager' else 'verified against eager'}")
     run_rtpick(bench_config(10.0, args.threads, args.batch, device=args.device), loaded, records[: len(records) // 10])  # numba warm-up
