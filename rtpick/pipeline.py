@@ -56,6 +56,9 @@ from rtpick.types import NS_PER_S, Pick, Record
 
 log = logging.getLogger(__name__)
 
+# a channel's staged records are written at the latest after this many (a bound for odd record sizes)
+MAX_STAGED_RECORDS = 256
+
 
 class PipelineObserver(Protocol):
     """Hot-loop hooks (implemented by the Prometheus metrics)."""
@@ -111,6 +114,7 @@ class Pipeline:
         self._ignored: set[str] = set()
         self._resume: dict[str, tuple[Resume, float]] = {}  # station key -> (resume point, its sampling rate)
         self._early_open: dict[str, tuple[list[OpenPick], float]] = {}  # station key -> (open preliminaries, rate)
+        self._staged: dict[str, Station] = {}  # stations with staged records (see feed)
         if plan is None and model is None:
             plan = plan_lanes(config)
         if plan is not None:
@@ -154,7 +158,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ input
     def feed(self, record: Record) -> list[Pick]:
-        """Ingest one record, run the full batches of its lane, return final picks.
+        """Ingest one record, run the full batches of its lane, return the picks made so far.
+
+        A record that continues its channel exactly is *staged* (accepted, written
+        later): a station's staged records are written and scanned together once
+        its slowest component reaches the end of its next window (or ``poll``,
+        ``drain``, ``flush``, ``resume_points`` or an irregular record of the station
+        comes first). Windows, stacked values and picks are the same as writing each
+        record at once; picks may come out a few records later within a burst, never
+        later than the next ``poll`` (the daemon polls whenever its input queue is empty).
 
         Never raises for bad input: whatever goes wrong with this record is counted
         by cause and logged, and the other channels go on.
@@ -162,18 +174,80 @@ class Pipeline:
         feed = self.feeds.get(record.stream_id) or self._new_feed(record)
         if feed is None or not self._valid(record, feed):
             return self._take()
-        lane = feed.group.owner.lane  # type: ignore[attr-defined]
-        try:
-            self._ingest(feed, record)
-        except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
-            self._record_failed(feed, exc)
+        station: Station = feed.group.owner  # type: ignore[attr-defined]
+        lane = station.lane
+        now = time.time()
+        if self.observer is not None:
+            self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
+        if feed.stage(record, now):
+            self.stats.records += 1
+            self.stats.samples += len(record.samples)
+            station.last_arrival = now
+            if feed.expected_ns > station.last_data_ns:
+                station.last_data_ns = feed.expected_ns
+            self._staged[station.key] = station
+            if (feed.staged_to >= station.settle_at and self._settle_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS:
+                self._settle(station)
         else:
-            feed.failures = 0
+            self._settle(station)  # the station's staged records go first
+            try:
+                self._ingest(feed, record, now)
+            except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
+                self._record_failed(feed, exc)
+            else:
+                feed.failures = 0
         while lane.batch_due():
             lane.run_batch()
         return self._take()
 
-    def _ingest(self, feed: ChannelFeed, record: Record) -> None:
+    @staticmethod
+    def _settle_due(station: Station) -> bool:
+        """Would the station's staged data complete its next window (slowest live component there, or the lead past the component wait)?"""
+        filled = station.buffer.filled_to
+        ends = [f.staged_to if f.staged else filled[f.component] or 0 for f in station.feeds]
+        return min(ends) >= station.settle_at or max(ends) - station.lane.wait_samples >= station.settle_at
+
+    def _settle(self, station: Station) -> None:
+        """Write the station's staged records (one ring write per channel), then schedule and pick as for each record."""
+        if self._staged.pop(station.key, None) is None:
+            return
+        lane = station.lane
+        for feed in station.feeds:
+            if not feed.staged:
+                continue
+            frontier = station.frontier()
+            if frontier is not None:
+                while lane.at_risk(station, max(feed.staged_to, frontier)):
+                    lane.run_batch()
+            try:
+                feed.commit()
+            except Exception as exc:  # noqa: BLE001 - one channel must never stop the pipeline
+                self._record_failed(feed, exc)
+                continue
+            feed.failures = 0
+            filled = feed.group.filled_to[feed.component]
+            if filled is not None:
+                station.arrivals.append((filled, feed.staged_arrival))
+        try:
+            self._advance(station)
+        except Exception as exc:  # noqa: BLE001 - one station must never stop the others
+            self.station_failed(station, exc)
+
+    def _settle_all(self) -> None:
+        for station in list(self._staged.values()):
+            self._settle(station)
+
+    def _advance(self, station: Station) -> None:
+        """Queue the station's due windows, pick what became final, run batches its ring needs; note where its next window ends."""
+        lane = station.lane
+        try:
+            lane.advance(station, final=False)
+            while lane.at_risk(station):
+                lane.run_batch()
+        finally:
+            station.settle_at = station.scheduler.next_window_end()
+
+    def _ingest(self, feed: ChannelFeed, record: Record, now: float) -> None:
         station: Station = feed.group.owner  # type: ignore[attr-defined]
         lane = station.lane
         frontier = station.frontier()
@@ -192,17 +266,12 @@ class Pipeline:
             self._irregular(record.stream_id, cause)
         self.stats.records += 1
         self.stats.samples += len(record.samples)
-        now = time.time()
         station.last_data_ns = max(station.last_data_ns, record.end_ns)
         station.last_arrival = now
         filled = feed.group.filled_to[feed.component]
         if filled is not None:
             station.arrivals.append((filled, now))
-        if self.observer is not None:
-            self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
-        lane.advance(station, final=False)
-        while lane.at_risk(station):
-            lane.run_batch()
+        self._advance(station)
 
     def _time_jump(self, station: Station, stream_id: str, seconds: float) -> None:
         """Close the station's data where it ended (exact picks, as at a gap), then restart it empty."""
@@ -218,6 +287,7 @@ class Pipeline:
 
     def poll(self, now: float | None = None) -> list[Pick]:
         """Run a lane's partial batches once its oldest window waited ``max_wait_s`` (real-time mode)."""
+        self._settle_all()
         now = time.monotonic() if now is None else now
         tips = [lane for lane in self.lanes.values() if lane.queue_tips(now)]  # a round of tip windows runs at once
         wait = self.config.inference.max_wait_s
@@ -230,6 +300,7 @@ class Pipeline:
         Blocks end at the data edge with SeisBench's end-aligned window, exactly as
         ``annotate`` on the whole data. Not for shutdown while data goes on: see :meth:`drain`.
         """
+        self._settle_all()
         for feed in self.feeds.values():
             try:
                 feed.end_segment()
@@ -253,6 +324,7 @@ class Pipeline:
         published; what is held back is rebuilt after a restart from the re-fed
         context (see :meth:`resume_points`).
         """
+        self._settle_all()
         self._serve(list(self.lanes.values()))
         return self._take()
 
@@ -286,6 +358,9 @@ class Pipeline:
         pick not yet emitted can start at (the start of a trigger still open, else
         how far picking got); ``pick_from``: that per phase; ``sampling_rate``: the
         rate of the station's lane model the indices are counted in. JSON-serialisable.
+        Records still staged (see :meth:`feed`) are not covered: they lie within the
+        context a restart re-feeds, and querying must not make picks the caller has
+        not seen (the daemon saves these points with the picks it has published).
         """
         points: dict[str, dict] = {}
         for key, station in self.stations.items():
@@ -359,7 +434,7 @@ class Pipeline:
 
     # ----------------------------------------------------------------- checks
     def _valid(self, record: Record, feed: ChannelFeed) -> bool:
-        if time.monotonic() < feed.quarantined_until:
+        if feed.quarantined_until and time.monotonic() < feed.quarantined_until:
             self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
             return False
         rate = record.sampling_rate

@@ -229,9 +229,13 @@ def test_restart_from_resume_points_republishes_exactly(loaded, records, clean, 
     for p in after:
         family = p.stream_id[: -1] + "?"
         assert p.trigger_on_ns >= picked_to_ns.get(family, 0) - NS_PER_S // 200, p  # half a sample: sub-sample offsets
-    union = set(map(key, before)) | set(map(key, after))
-    assert sorted(union) == sorted(map(key, clean[1]))
-    assert len({(p.stream_id, p.phase, p.time_ns) for p in before + after}) == len(union)
+    # identities exact; probabilities to 1e-6 (what messages carry): a window batched with other partners
+    # than in the uninterrupted run may differ in the last float32 digits of the forward
+    union = {key(p)[:3]: p.probability for p in before + after}
+    expected = {key(p)[:3]: p.probability for p in clean[1]}
+    assert sorted(union) == sorted(expected)
+    assert all(abs(union[k] - expected[k]) <= 1e-6 for k in expected), [(k, union[k], expected[k]) for k in expected if union[k] != expected[k]]
+    assert len(before) + len(after) == len(union)
 
 
 def test_scheduler_scan_is_bounded_by_the_ring_whatever_the_gap():

@@ -65,6 +65,7 @@ class Station:
     tip_end: int = -1  # data end of the last tip window (no second one on the same data)
     final_arrival: float = 0.0  # arrival of the newest record behind the latest finality step (latency of final picks)
     slot: int = -1  # the station's slot in its lane's RingPool (ring and stacking sums)
+    settle_at: int = 0  # staged records are written once the slowest component reaches this index (its next window end)
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
@@ -183,6 +184,7 @@ class Lane:
             for gone in station.early.clear():  # no final can come for them: the data restarts
                 self._retract(station, gone)
         station.tip_end = -1
+        station.settle_at = 0
         station.arrivals.clear()
         station.last_data_ns = 0
 

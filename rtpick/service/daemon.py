@@ -92,6 +92,7 @@ log = logging.getLogger(__name__)
 
 _END = object()
 WRITE_ERROR_LOG_S = 60.0  # at most one log line per this many seconds while state writes keep failing
+BUSY_POLL_S = 0.5  # while records queue up, poll the pipeline at most this often (it stages records meanwhile)
 
 
 class Sink(Protocol):
@@ -355,6 +356,7 @@ class Daemon:
     def _consume(self) -> None:
         deadline = None
         next_tick = time.monotonic() + self.tick_s
+        last_poll = 0.0
         while True:
             if self._stop.is_set() and deadline is None:
                 deadline = time.monotonic() + self.drain_timeout_s
@@ -380,9 +382,13 @@ class Daemon:
                 record, position = item
                 picks.extend(self.pipeline.feed(record))
                 self._commit(record, position)
-            picks.extend(self.pipeline.poll())
-            self._publish(picks)
             now = time.monotonic()
+            # real time (queue empty after each record): every record is processed at once; a backlog
+            # (catching up after an outage or restart) is processed in chunks, see Pipeline.feed
+            if item is None or self.queue.empty() or now - last_poll >= BUSY_POLL_S:
+                picks.extend(self.pipeline.poll())
+                last_poll = now
+            self._publish(picks)
             if now >= next_tick:
                 next_tick = now + self.tick_s
                 for sink in self.sinks:

@@ -198,9 +198,57 @@ class ChannelFeed:
     failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
     quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
     counters: dict = field(default_factory=lambda: {"records": 0, "samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})
+    staged: list = field(default_factory=list)  # native-rate sample arrays accepted but not yet written (see stage)
+    staged_arrival: float = 0.0  # wall time the newest staged record arrived
+
+    @property
+    def staged_to(self) -> int:
+        """Grid index one past the newest sample accepted, staged ones included (meaningful while staging: native rate = model rate)."""
+        return self.seg_base + self.seg_n_in
+
+    def stage(self, record: Record, now: float) -> bool:
+        """Accept ``record`` without writing it yet if it continues the open segment exactly; else False (use :meth:`push`).
+
+        Exactly: same rate, no resampling, starting within half a sample of where
+        the segment ends (as :meth:`push` tells gaps and overlaps). The segment
+        bookkeeping moves at once, so the next record's continuity is checked
+        against it; only the ring write waits for :meth:`commit`, so a station's
+        records are written and scanned once per window step instead of once per
+        record (the hot path of a catching-up or replaying daemon).
+        """
+        expected = self.expected_ns
+        rate = record.sampling_rate
+        if expected is None or self.resampler is not None or rate != self.sampling_rate:
+            return False
+        half = NS_PER_S / rate / 2
+        if not -half <= record.start_ns - expected <= half:
+            return False
+        samples = record.samples
+        self.counters["records"] += 1
+        self._extend(len(samples))
+        self.staged.append(samples)
+        self.staged_arrival = now
+        return True
+
+    def commit(self) -> bool:
+        """Write the staged samples (one ring write); returns whether there were any."""
+        staged = self.staged
+        if not staged:
+            return False
+        values = np.concatenate(staged, dtype=np.float32, casting="unsafe") if len(staged) > 1 else np.asarray(staged[0], dtype=np.float32)
+        self.staged = []
+        self._write(values)
+        return True
+
+    def _extend(self, n: int) -> None:
+        """The open segment grows by ``n`` native samples: where the next contiguous record must start."""
+        self.counters["samples"] += n
+        self.seg_n_in += n
+        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)
 
     def push(self, record: Record) -> list[str]:
-        """Add a record; returns the causes of any irregularity ("gap", "overlap", ...)."""
+        """Add a record now (staged samples first); returns the causes of any irregularity ("gap", "overlap", ...)."""
+        self.commit()
         events: list[str] = []
         samples = record.samples
         self.counters["records"] += 1
@@ -226,9 +274,7 @@ class ChannelFeed:
                 events.append("overlap")
                 self.counters["overlaps"] += 1
                 samples = samples[n_dup:]
-        self.counters["samples"] += len(samples)
-        self.seg_n_in += len(samples)
-        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)
+        self._extend(len(samples))
         values = np.asarray(samples, dtype=np.float32)
         if self.resampler is not None:
             values = self.resampler.push(values)
@@ -236,7 +282,8 @@ class ChannelFeed:
         return events
 
     def end_segment(self) -> None:
-        """Close the current segment (gap, rate change, end of data): flush the resampler."""
+        """Close the current segment (gap, rate change, end of data): write what is staged, flush the resampler."""
+        self.commit()
         if self.resampler is not None and self.seg_n_in:
             self._write(self.resampler.finish())
         self.resampler = None
@@ -244,6 +291,7 @@ class ChannelFeed:
 
     def drop_segment(self) -> None:
         """Forget the current segment without flushing (after a fault or a station restart)."""
+        self.staged = []
         self.resampler = None
         self.expected_ns = None
 
@@ -281,7 +329,7 @@ class RingPool:
     removed from a lane, so slots are never freed.
     """
 
-    def __init__(self, n_components: int, n_classes: int, capacity: int, slots: int = 8):
+    def __init__(self, n_components: int, n_classes: int, capacity: int, slots: int = 64):
         self.data = np.zeros((slots, n_components, capacity), dtype=np.float32)
         self.have = np.zeros((slots, n_components, capacity), dtype=np.bool_)
         self.acc = np.zeros((slots, n_classes, capacity), dtype=np.float64)

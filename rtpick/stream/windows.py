@@ -102,6 +102,11 @@ class WindowScheduler:
             return self.blocks[-1]
         return None
 
+    def next_window_end(self) -> int:
+        """Index the data must reach for the open block's next regular window (0 without an open block: nothing to wait for)."""
+        block = self.open_block
+        return 0 if block is None else block.start + block.next_offset + self.in_samples
+
     def advance(self, buf: GroupBuffer, ready: int) -> list[tuple[Block, int]]:
         """Scan coverage up to ``ready``; return newly due ``(block, absolute start)`` windows."""
         due: list[tuple[Block, int]] = []
