@@ -186,8 +186,9 @@ class Pipeline:
             if feed.expected_ns > station.last_data_ns:
                 station.last_data_ns = feed.expected_ns
             self._staged[station.key] = station
-            if (feed.staged_to >= station.settle_at and self._settle_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS:
-                self._settle(station)
+            if not ((feed.staged_to >= station.settle_at and self._settle_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
+                return self._take()  # nothing was queued: no batch can have become due
+            self._settle(station)
         else:
             self._settle(station)  # the station's staged records go first
             try:

@@ -205,7 +205,9 @@ class Lane:
             now = time.monotonic()
             self.queue.extend(Window(station, block, start, now, station.last_arrival) for block, start in due)
         station.final_arrival = station.last_arrival  # new data alone can make samples final (exact block end)
-        self.finalize(station)
+        blocks = station.scheduler.blocks
+        if blocks and (blocks[0].done or station.scheduler.final_to(blocks[0]) > blocks[0].picked_to):
+            self.finalize(station)  # (skipped while windows are pending: nothing new is final before they are stacked)
 
     def at_risk(self, station: Station, frontier: int | None = None) -> bool:
         """Would waiting for a fuller batch let this station's buffer overwrite a pending window?
