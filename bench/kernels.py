@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from rtpick.stream import dsp
+from rtpick.stream.buffers import RingPool
 
 NORM_STD, NORM_PEAK, NORM_NONE = dsp.NORM_STD, dsp.NORM_PEAK, dsp.NORM_NONE
 
@@ -156,43 +157,54 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     norm = NORM_STD if args.norm == "std" else NORM_PEAK
-    n, b, cap = args.samples, args.batch, args.capacity
+    n, b, cap, step = args.samples, args.batch, args.capacity, args.step
     data, have = ring_pool(rng, args.stations, cap)
+    pool = RingPool(3, 3, cap, args.stations)  # the production dtypes of the stacking sums
+    dtypes = {"old": (np.float64, np.int32), "new": (pool.acc.dtype, pool.cnt.dtype)}
     out = {"old": np.zeros((b, 3, n), np.float32), "new": np.zeros((b, 3, n), np.float32)}
-    sums = {(name, mode): (np.zeros((args.stations, 3, cap)), np.zeros((args.stations, 3, cap), np.int32))
+    sums = {(name, mode): (np.zeros((args.stations, 3, cap), dtypes[name][0]), np.zeros((args.stations, 3, cap), dtypes[name][1]))
             for name in ("old", "new") for mode in ("avg", "max")}
-    taken = {"old": np.zeros((3, args.step)), "new": np.zeros((3, args.step))}
+    taken = {"old": np.zeros((b, 3, step)), "new": np.zeros((b, 3, step))}
     gather = {"old": old_gather_batch, "new": dsp.gather_batch}
     stack = {"old": old_stack_batch, "new": dsp.stack_batch}
     take = {"old": old_take_stacked, "new": dsp.take_stacked}
     times: dict[tuple[str, str], list[float]] = {}
-    worst = {"gather": 0.0, "stack": 0.0, "take": 0.0}
+    worst = {"gather": 0.0, "stack": 0.0, "take_stacked": 0.0}
     rows = np.arange(b, dtype=np.int64)
-    for rep in range(args.repeats + 1):  # the first round compiles
-        slots = rng.integers(0, args.stations, b)
-        starts = rng.integers(0, 10**7, b)
-        skips = np.where(rng.random(b) < 0.2, rng.integers(0, n, b), 0)
+    cursor = np.zeros(args.stations, dtype=np.int64)  # next window start of each station
+    turn: list[int] = []
+    warm = -(-args.stations * (cap + n) // (step * b)) + 1  # every ring slot written once (page faults), and compiled
+    for rep in range(warm + args.repeats):
+        slots = np.empty(b, dtype=np.int64)
+        for k in range(b):  # stations take turns, as their data arrive; each window one step after its last
+            if not turn:
+                turn = list(rng.permutation(args.stations))
+            slots[k] = turn.pop()
+        starts = cursor[slots].copy()
+        cursor[slots] += step
+        skips = np.where(rng.random(b) < 0.05, rng.integers(0, n, b), 0)  # a resumed block now and then
         preds = predictions(rng, b, n, 100)
-        take_slot, take_start = int(slots[0]), int(starts[0])
         for name in ("old", "new") if rep % 2 else ("new", "old"):
             t = {"gather": timed(gather[name], data, have, slots, starts, rows, n, norm, out[name])}
             for mode in ("avg", "max"):
                 acc, cnt = sums[name, mode]
                 t[f"stack {mode}"] = timed(stack[name], acc, cnt, slots, starts, skips, rows, preds, mode == "max")
             acc, cnt = sums[name, "avg"]
-            t["take_stacked"] = timed(take[name], acc[take_slot], cnt[take_slot], take_start, take_start + args.step, False, taken[name])
-            if rep:
+            t["take_stacked"] = sum(timed(take[name], acc[s], cnt[s], t0, t0 + step, False, taken[name][k])  # the samples now final
+                                    for k, (s, t0) in enumerate(zip(slots, starts)))
+            if rep >= warm:
                 for key, value in t.items():
-                    times.setdefault((key, name), []).append(value / (1 if key == "take_stacked" else b))
+                    times.setdefault((key, name), []).append(value / b)
         worst["gather"] = max(worst["gather"], float(np.abs(out["old"] - out["new"]).max()))
-        worst["take"] = max(worst["take"], float(np.nanmax(np.abs(taken["old"] - taken["new"]), initial=0.0)))
+        worst["take_stacked"] = max(worst["take_stacked"], float(np.nanmax(np.abs(taken["old"] - taken["new"]), initial=0.0)))
     for mode in ("avg", "max"):
         (acc_o, cnt_o), (acc_n, cnt_n) = sums["old", mode], sums["new", mode]
         assert (cnt_o == cnt_n).all()
         worst["stack"] = max(worst["stack"], float(np.abs(acc_o - acc_n).max()))
-    print(f"{args.stations} stations, capacity {cap}, batches of {b} windows of 3 x {n} samples, "
-          f"take_stacked of {args.step} samples, {args.repeats} repeats, norm {args.norm}")
-    print("µs per window: median (min / max)")
+    print(f"{args.stations} stations, capacity {cap}, batches of {b} windows of 3 x {n} samples, step {step}, "
+          f"{args.repeats} repeats, norm {args.norm}; stacking sums old {dtypes['old'][0].__name__}/{dtypes['old'][1].__name__}, "
+          f"new {dtypes['new'][0]}/{dtypes['new'][1]}")
+    print("µs per window (take_stacked: one call of `step` samples per window): median (min / max)")
     print(f"{'kernel':14s} {'old':>28s} {'new':>28s} {'speed-up':>9s}")
     for key in ("gather", "stack avg", "stack max", "take_stacked"):
         old, new = times[key, "old"], times[key, "new"]

@@ -28,11 +28,10 @@ NORM_STD = 0
 NORM_PEAK = 1
 NORM_NONE = -1  # raw copy: the model's own hook normalises
 
-# Window reductions (sums, min/max) may be reordered so that LLVM vectorises them
-# ('reassoc'); 'arcp'/'contract'/'nsz' allow a reciprocal multiply and fused
-# multiply-adds. The float64 results move by ~1e-16 relative, far below the float32
-# output. 'nnan'/'ninf' are deliberately absent: a NaN sample must still turn its
-# component into NaN, as in SeisBench.
+# Window reductions (sums of a window) may be reordered so that LLVM vectorises them
+# ('reassoc'); 'arcp'/'contract'/'nsz' allow fused multiply-adds. The float64 sums move
+# by ~1e-16 relative, far below the float32 output. 'nnan'/'ninf' are deliberately
+# absent: a NaN sample must still turn its component into NaN, as in SeisBench.
 _REDUCE = {"nsz", "arcp", "contract", "reassoc"}
 
 # Ring reads and writes are split into at most two contiguous pieces (before and after
@@ -42,42 +41,50 @@ _REDUCE = {"nsz", "arcp", "contract", "reassoc"}
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
-def _copy_have(data, have, out):  # pragma: no cover - numba
-    """``out = data where have else 0`` over one contiguous piece; returns the float64 sum of ``out``."""
-    total = 0.0
-    for i in range(out.shape[0]):
-        v = data[i] if have[i] else np.float32(0.0)
-        out[i] = v
-        total += v
-    return total
+def _moments(data, have, shift):  # pragma: no cover - numba
+    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = (data where have else 0) - shift``, in float64.
+
+    ``d`` and ``d*d`` of float32 samples are exact in float64; only the sums round.
+    """
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(data.shape[0]):
+        d = (np.float64(data[i]) if have[i] else 0.0) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _order_key(bits):  # pragma: no cover - numba
+    """Map float32 bits to an int32 of the same order (and back: the map is its own inverse)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
-def _normalise(x, total, norm):  # pragma: no cover - numba
-    """Demean ``x`` (whose sum is ``total``) and divide it by its std (Bessel) or peak plus 1e-10, in place.
+def _extremes(data, have, shift, lo, hi):  # pragma: no cover - numba
+    """Sum of ``(data where have else 0) - shift`` over one contiguous piece, and its min/max as order keys.
 
-    Accumulated in float64. The peak ``max |x - mean|`` is taken from min and max of
-    ``x`` (the same value, as rounding is monotonic), because min/max reductions
-    vectorise and a running ``abs`` maximum with a branch does not.
+    Float min/max reductions do not vectorise without 'nnan'; on integer order keys
+    (:func:`_order_key`) they do, and the result is the same float. A NaN sample may
+    come out as min or max, but it already made the sum, hence the output, NaN.
     """
-    n = x.shape[0]
-    mean = total / n
-    if norm == NORM_STD:
-        acc = 0.0
-        for i in range(n):
-            d = x[i] - mean
-            acc += d * d
-        scale = np.sqrt(acc / (n - 1)) + 1e-10
-    else:
-        lo = x[0]
-        hi = x[0]
-        for i in range(n):
-            lo = min(lo, x[i])
-            hi = max(hi, x[i])
-        scale = max(0.0, hi - mean, mean - lo) + 1e-10
-    inv = 1.0 / scale
-    for i in range(n):
-        x[i] = (x[i] - mean) * inv
+    bits = data.view(np.int32)
+    s1 = 0.0
+    for i in range(data.shape[0]):
+        ok = have[i]
+        s1 += (np.float64(data[i]) if ok else 0.0) - shift
+        key = _order_key(bits[i]) * ok  # the key of +0.0 is 0
+        lo = key if key < lo else lo  # selects: min()/max() here stop the vectoriser
+        hi = key if key > hi else hi
+    return s1, lo, hi
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
+def _write(data, have, mean, inv, out):  # pragma: no cover - numba
+    """``out = ((data where have else 0) - mean) * inv`` over one contiguous piece, in float64."""
+    for i in range(out.shape[0]):
+        out[i] = ((np.float64(data[i]) if have[i] else 0.0) - mean) * inv
 
 
 @numba.njit(cache=True, nogil=True)
@@ -86,18 +93,46 @@ def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - 
 
     Samples whose ``have`` flag is False are zeros (SeisBench imputes missing
     components with zeros). Unless ``norm`` is NORM_NONE each component is demeaned
-    and divided by its std (Bessel) or peak plus 1e-10 (:func:`_normalise`), exactly
-    as PhaseNet's ``annotate_batch_pre``, but in float64.
+    and divided by its std (Bessel) or peak plus 1e-10, as PhaseNet's
+    ``annotate_batch_pre`` does, but in float64.
+
+    Two reads of the ring, one write of ``out``: the first read sums the window's
+    values (and squares, or extremes) shifted by its first value, the second writes
+    the normalised window. The shift makes the one-pass variance exact enough: no
+    value of a window is further than ``std * sqrt(n - 1)`` from its mean
+    (Samuelson), so ``sum(d*d) - sum(d)**2/n`` loses at most ~log10(n) digits of
+    float64's 16, and the result equals the two-pass one to ~1e-12 relative.
     """
     cap = data.shape[1]
     n = n_samples
     s0 = start % cap
     n1 = min(n, cap - s0)  # samples before the wrap
     for c in range(data.shape[0]):
-        total = _copy_have(data[c, s0:s0 + n1], have[c, s0:s0 + n1], out[c, :n1])
-        total += _copy_have(data[c, :n - n1], have[c, :n - n1], out[c, n1:])
-        if norm != NORM_NONE:
-            _normalise(out[c, :n], total, norm)
+        a0, h0, o0 = data[c, s0:s0 + n1], have[c, s0:s0 + n1], out[c, :n1]
+        a1, h1, o1 = data[c, :n - n1], have[c, :n - n1], out[c, n1:n]
+        if norm == NORM_NONE:
+            _write(a0, h0, 0.0, 1.0, o0)
+            _write(a1, h1, 0.0, 1.0, o1)
+            continue
+        shift = np.float64(a0[0]) if h0[0] else 0.0
+        if norm == NORM_STD:
+            s1, s2 = _moments(a0, h0, shift)
+            t1, t2 = _moments(a1, h1, shift)
+            s1 += t1
+            s2 += t2
+            var = (s2 - s1 * (s1 / n)) / (n - 1)
+            mean = shift + s1 / n
+            scale = np.sqrt(0.0 if var < 0.0 else var) + 1e-10  # rounding may leave -0; NaN stays NaN
+        else:
+            s1, lo, hi = _extremes(a0, h0, shift, np.int32(0x7FFFFFFF), np.int32(-0x80000000))
+            t1, lo, hi = _extremes(a1, h1, shift, lo, hi)
+            s1 += t1
+            mean = shift + s1 / n
+            low = np.float64(np.int32(_order_key(lo)).view(np.float32))
+            high = np.float64(np.int32(_order_key(hi)).view(np.float32))
+            scale = max(0.0, high - mean, mean - low) + 1e-10  # max |x - mean|: rounding is monotonic
+        _write(a0, h0, mean, 1.0 / scale, o0)
+        _write(a1, h1, mean, 1.0 / scale, o1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,14 +162,14 @@ def _add_piece(acc, cnt, pred, use_max):  # pragma: no cover - numba
     """
     if use_max:
         for i in range(pred.shape[0]):
-            v = np.float64(pred[i])
+            v = pred[i]
             ok = v == v
             c = cnt[i]
             acc[i] = v if ok and (c == 0 or v > acc[i]) else acc[i]
             cnt[i] = c + 1 if ok else c
     else:
         for i in range(pred.shape[0]):
-            v = np.float64(pred[i])
+            v = pred[i]
             ok = v == v
             acc[i] = acc[i] + v if ok else acc[i]
             cnt[i] = cnt[i] + 1 if ok else cnt[i]
