@@ -9,6 +9,8 @@ import torch
 from rtpick.stream import dsp
 from rtpick.stream.buffers import RingPool
 
+POOL = RingPool(3, 3, 1, slots=1)  # the stacking sums' dtypes of a lane
+
 
 @pytest.mark.parametrize("norm", ["std", "peak"])
 def test_gather_windows_equals_phasenet_annotate_batch_pre(norm):
@@ -95,7 +97,7 @@ def _take_reference(acc, cnt, start, stop, use_max):
 
 @pytest.mark.parametrize("use_max", [False, True], ids=["avg", "max"])
 @pytest.mark.parametrize("layout", ["class-major", "sample-major"])  # PhaseNet's transposed view, or a contiguous array
-@pytest.mark.parametrize("dtypes", [(RingPool.SUM_DTYPE, RingPool.COUNT_DTYPE), (np.float64, np.int32)], ids=["pool", "float64"])
+@pytest.mark.parametrize("dtypes", [(POOL.acc.dtype, POOL.cnt.dtype), (np.float64, np.int32)], ids=["pool", "float64"])
 def test_stack_batch_and_take_stacked_equal_numpy_reference(use_max, layout, dtypes):
     rng = np.random.default_rng(3)
     stations, classes, cap, n, b = 3, 3, 500, 200, 9
@@ -127,8 +129,8 @@ def test_stack_batch_and_take_stacked_equal_numpy_reference(use_max, layout, dty
 
 
 def test_stack_and_take_average_and_max():
-    acc = np.zeros((1, 2, 50), dtype=RingPool.SUM_DTYPE)
-    cnt = np.zeros((1, 2, 50), dtype=RingPool.COUNT_DTYPE)
+    acc = np.zeros((1, 2, 50), dtype=POOL.acc.dtype)
+    cnt = np.zeros((1, 2, 50), dtype=POOL.cnt.dtype)
     a = np.full((1, 20, 2), 0.2, dtype=np.float32)
     b = np.full((1, 20, 2), 0.6, dtype=np.float32)
     b[0, :5] = np.nan  # blinded samples are not counted
