@@ -126,6 +126,12 @@ def test_stack_batch_and_take_stacked_equal_numpy_reference(use_max, layout, dty
         idx = np.arange(start, stop) % cap
         assert (acc[slot][:, idx] == 0).all() and (cnt[slot][:, idx] == 0).all()  # slots cleared for reuse
     assert np.isnan(out).any() and not np.isnan(out).all()
+    dsp.stack_batch(acc, cnt, slots[:1], starts[:1], skips[:1], rows[:1], preds, use_max)
+    out = np.empty((classes, 2 * cap + 30))  # longer than the ring: the second lap reads cleared slots
+    expected = _take_reference(acc[0], cnt[0], 0, 2 * cap + 30, use_max)
+    dsp.take_stacked(acc[0], cnt[0], 0, 2 * cap + 30, use_max, out)
+    np.testing.assert_array_equal(out[:, :cap], expected[:, :cap])
+    assert np.isnan(out[:, cap:]).all() and not np.isnan(out[:, :cap]).all() and (cnt[0] == 0).all()
 
 
 def test_stack_and_take_average_and_max():

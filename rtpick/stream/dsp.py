@@ -94,7 +94,8 @@ def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - 
     Samples whose ``have`` flag is False are zeros (SeisBench imputes missing
     components with zeros). Unless ``norm`` is NORM_NONE each component is demeaned
     and divided by its std (Bessel) or peak plus 1e-10, as PhaseNet's
-    ``annotate_batch_pre`` does, but in float64.
+    ``annotate_batch_pre`` does, but in float64. The window is at most as long as the
+    ring, so it is read in at most two contiguous pieces.
 
     Two reads of the ring, one write of ``out``: the first read sums the window's
     values (and squares, or extremes) shifted by its first value, the second writes
@@ -199,7 +200,8 @@ def stack_batch(acc: np.ndarray, cnt: np.ndarray, slots: np.ndarray, starts: np.
     (:class:`~rtpick.stream.buffers.RingPool`); ``preds`` is (batch, samples, classes)
     as ``annotate_batch_post`` returns it; NaN is blinded (not counted); ``use_max``
     stacks the maximum instead of the sum. Windows are added in the order given, so
-    sums are bit-identical to one call per window.
+    sums are bit-identical to one call per window. A window is at most as long as the
+    ring (a lane's rings hold two windows and a step), so it wraps at most once.
 
     The kernel walks ``preds`` class by class. PhaseNet's ``annotate_batch_post``
     returns a transposed view of the network's (batch, classes, samples) output, so
@@ -225,15 +227,18 @@ def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - num
     """Read final stacked values ``[start, stop)`` of ring ``acc``/``cnt`` (classes, capacity) into ``out`` and clear those ring slots.
 
     A sample no window counted is NaN; otherwise the mean (sum / count) or, with
-    ``use_max``, the maximum.
+    ``use_max``, the maximum. The range is read in contiguous pieces, one per lap of
+    the ring: it may be longer than the ring (a station whose windows were dropped
+    under overload), and then reads the slots it has just cleared, i.e. NaN.
     """
     cap = acc.shape[1]
-    n = stop - start
-    s0 = start % cap
-    n1 = min(n, cap - s0)  # samples before the wrap
-    for k in range(acc.shape[0]):
-        _take_piece(acc[k, s0:s0 + n1], cnt[k, s0:s0 + n1], use_max, out[k, :n1])
-        _take_piece(acc[k, :n - n1], cnt[k, :n - n1], use_max, out[k, n1:n])
+    pos = start
+    while pos < stop:
+        j = pos % cap
+        m = min(stop - pos, cap - j)
+        for k in range(acc.shape[0]):
+            _take_piece(acc[k, j:j + m], cnt[k, j:j + m], use_max, out[k, pos - start:pos - start + m])
+        pos += m
 
 
 @numba.njit(cache=True, nogil=True)
