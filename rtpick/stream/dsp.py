@@ -42,10 +42,7 @@ _REDUCE = {"nsz", "arcp", "contract", "reassoc"}
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
 def _moments(data, have, shift):  # pragma: no cover - numba
-    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = (data where have else 0) - shift``, in float64.
-
-    ``d`` and ``d*d`` of float32 samples are exact in float64; only the sums round.
-    """
+    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = (data where have else 0) - shift``, in float64."""
     s1 = 0.0
     s2 = 0.0
     for i in range(data.shape[0]):
