@@ -8,12 +8,16 @@ Prints (never asserts) microseconds per window, median (min/max) over repeats, f
 * ``stack``         — :func:`rtpick.stream.dsp.stack_batch` (avg; ``max`` as well),
   predictions laid out as PhaseNet's ``annotate_batch_post`` returns them (a
   (batch, samples, classes) view of (batch, classes, samples))
-* ``take_stacked``  — one station's next ``--step`` final samples (one window's worth
-  of final output in steady state at a 10 s stride)
+* ``take_stacked``  — per window, its station's ``--step`` samples that it made final
+  (one call each, as the lane does after a batch)
 
-``old`` is a verbatim copy of the kernels before the rewrite (kept here only as the
-baseline); contenders run interleaved on the same inputs, alternating order, and the
-largest differences between their outputs are printed too.
+Stations take turns and each window starts one step after its station's last (the
+steady state of a 10 s stride), so consecutive windows of a station overlap in the
+rings as they do in the daemon. ``old`` is a verbatim copy of the kernels before the
+rewrite (kept here only as the baseline) on the stacking dtypes of that time
+(float64 sums, int32 counts); ``new`` uses :class:`~rtpick.stream.buffers.RingPool`'s.
+Contenders run interleaved on the same inputs, alternating order, and the largest
+differences between their outputs are printed too (stacking: float32 vs float64 sums).
 
     python bench/kernels.py                # 300 repeats
     python bench/kernels.py --repeats 1000 --norm peak

@@ -120,7 +120,7 @@ def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - 
             s2 += t2
             var = (s2 - s1 * (s1 / n)) / (n - 1)
             mean = shift + s1 / n
-            scale = np.sqrt(0.0 if var < 0.0 else var) + 1e-10  # rounding may leave -0; NaN stays NaN
+            scale = np.sqrt(0.0 if var < 0.0 else var) + 1e-10  # rounding may leave a tiny negative; NaN stays NaN
         else:
             s1, lo, hi = _extremes(a0, h0, shift, np.int32(0x7FFFFFFF), np.int32(-0x80000000))
             t1, lo, hi = _extremes(a1, h1, shift, lo, hi)
