@@ -99,9 +99,9 @@ def run_rtpick(cfg: Config, loaded, records, stub: bool = False) -> tuple[float,
     """Seconds to feed and flush ``records`` (the pipeline and its backend are built before the clock starts)."""
     pipe = Pipeline(cfg, loaded)
     if stub:
-        for lane in pipe.lanes.values():
-            zeros = np.zeros((lane.batch_size, lane.in_samples, len(lane.labels)), dtype=np.float32)
-            lane.engine.predict = lambda batch, z=zeros: z[: len(batch)]
+        for lane in pipe.lanes.values():  # laid out as PhaseNet's annotate_batch_post returns them: a transposed view
+            zeros = np.zeros((lane.batch_size, len(lane.labels), lane.in_samples), dtype=np.float32)
+            lane.engine.predict = lambda batch, z=zeros: z[: len(batch)].transpose(0, 2, 1)
     t0 = time.perf_counter()
     for rec in records:
         pipe.feed(rec)

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from rtpick.stream import dsp
+from rtpick.stream.buffers import RingPool
+
+POOL = RingPool(3, 3, 1, slots=1)  # the stacking sums' dtypes of a lane
 
 
 @pytest.mark.parametrize("norm", ["std", "peak"])
@@ -27,23 +30,128 @@ def test_gather_windows_equals_phasenet_annotate_batch_pre(norm):
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
 
 
+def _gather_reference(data, have, slots, starts, n, norm):
+    """NumPy float64: the windows with missing samples zeroed, demeaned, over std (ddof 1) or peak plus 1e-10."""
+    cap = data.shape[2]
+    out = []
+    for slot, start in zip(slots, starts):
+        idx = (start + np.arange(n)) % cap
+        x = np.where(have[slot][:, idx], data[slot][:, idx], 0).astype(np.float64)
+        if norm != dsp.NORM_NONE:
+            x = x - x.mean(axis=1, keepdims=True)
+            scale = x.std(axis=1, ddof=1, keepdims=True) if norm == dsp.NORM_STD else np.abs(x).max(axis=1, keepdims=True)
+            x = x / (scale + 1e-10)
+        out.append(x)
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("norm", [dsp.NORM_STD, dsp.NORM_PEAK, dsp.NORM_NONE])
+def test_gather_batch_equals_numpy_reference(norm):
+    rng = np.random.default_rng(2)
+    stations, cap, n = 4, 700, 300
+    data = (rng.normal(0, 1e3, (stations, 3, cap)) + rng.normal(0, 1e5, (stations, 3, 1))).astype(np.float32)
+    have = rng.random((stations, 3, cap)) > 0.05
+    have[1, 2, :] = False  # a missing component: zeros, scale 1e-10, output zeros
+    have[2, 0, 650:] = False  # a gap across the wrap
+    data[3, 1, 100] = np.nan  # a NaN sample turns its component NaN, as in SeisBench
+    data[3, 2, 50] = 2e6  # a spike far from the window's first value (the shift of the one-pass variance)
+    data[0, 1] = 1e7 + rng.normal(0, 3, cap)  # a large offset over little signal
+    slots = np.array([0, 1, 2, 2, 0, 3, 3, 1], dtype=np.int64)
+    # inside, wrapping, first sample the ring's last, ending exactly at the ring's end, absolute starts of later laps
+    starts = np.array([10, 600, cap - 1, cap - n, 5 * cap + 420, 20, 40 + 2 * cap, 3 * cap], dtype=np.int64)
+    rows = np.array([7, 0, 3, 1, 6, 2, 5, 4], dtype=np.int64)
+    out = np.full((8, 3, n), -7.0, dtype=np.float32)
+    dsp.gather_batch(data, have, slots, starts, rows, n, norm, out)
+    ref = _gather_reference(data, have, slots, starts, n, norm)
+    np.testing.assert_allclose(out[rows], ref, rtol=1e-6, atol=1e-6)
+    single = np.empty((len(slots), 3, n), dtype=np.float32)
+    dsp.gather_windows(data[2], have[2], starts[slots == 2], n, norm, single[:2])
+    np.testing.assert_array_equal(single[:2], out[rows[slots == 2]])
+
+
+def _stack_reference(acc, cnt, slots, starts, skips, rows, preds, use_max):
+    """Plain NumPy in the same per-sample order and dtype as the kernel, so the sums must be bit-identical."""
+    cap = acc.shape[2]
+    for slot, start, skip, row in zip(slots, starts, skips, rows):
+        pred = preds[row, skip:]
+        idx = (start + skip + np.arange(len(pred))) % cap
+        for k in range(pred.shape[1]):
+            v = pred[:, k]
+            ok = ~np.isnan(v)
+            i, v = idx[ok], v[ok]
+            if use_max:
+                take = (cnt[slot, k, i] == 0) | (v > acc[slot, k, i])
+                acc[slot, k, i[take]] = v[take]
+            else:
+                acc[slot, k, i] += v.astype(acc.dtype)
+            cnt[slot, k, i] += 1
+
+
+def _take_reference(acc, cnt, start, stop, use_max):
+    idx = np.arange(start, stop) % acc.shape[1]
+    c = cnt[:, idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = acc[:, idx].astype(np.float64) if use_max else acc[:, idx] / c
+    return np.where(c == 0, np.nan, value)
+
+
+@pytest.mark.parametrize("use_max", [False, True], ids=["avg", "max"])
+@pytest.mark.parametrize("layout", ["class-major", "sample-major"])  # PhaseNet's transposed view, or a contiguous array
+@pytest.mark.parametrize("dtypes", [(POOL.acc.dtype, POOL.cnt.dtype), (np.float64, np.int32)], ids=["pool", "float64"])
+def test_stack_batch_and_take_stacked_equal_numpy_reference(use_max, layout, dtypes):
+    rng = np.random.default_rng(3)
+    stations, classes, cap, n, b = 3, 3, 500, 200, 9
+    raw = rng.random((b, classes, n), dtype=np.float32)
+    raw[:, :, :20] = np.nan  # blinded edges are not counted
+    raw[:, :, -20:] = np.nan
+    raw[4, 1, 100:110] = np.nan  # one class only
+    preds = raw.transpose(0, 2, 1) if layout == "class-major" else np.ascontiguousarray(raw.transpose(0, 2, 1))
+    assert preds.shape == (b, n, classes)
+    slots = np.array([0, 0, 0, 1, 1, 2, 2, 2, 0], dtype=np.int64)  # several windows of a station in one batch, in order
+    starts = np.array([0, 100, 200, 400, 450, 2 * cap - 50, 2 * cap + 50, 2 * cap - 150, 300], dtype=np.int64)
+    skips = np.array([0, 0, 30, 0, 250, 0, 0, n, 120], dtype=np.int64)  # 250 > n - 20: nothing; n: the whole window skipped
+    rows = rng.permutation(b).astype(np.int64)
+    acc, cnt = np.zeros((stations, classes, cap), dtypes[0]), np.zeros((stations, classes, cap), dtypes[1])
+    ref_acc, ref_cnt = acc.copy(), cnt.copy()
+    dsp.stack_batch(acc, cnt, slots, starts, skips, rows, preds, use_max)
+    _stack_reference(ref_acc, ref_cnt, slots, starts, skips, rows, preds, use_max)
+    np.testing.assert_array_equal(cnt, ref_cnt)
+    np.testing.assert_array_equal(acc, ref_acc)  # bit-identical: same operations, same order per sample
+    assert cnt.max() >= 2  # windows overlapped
+    for slot, (start, stop) in [(0, (0, 480)), (1, (380, 700)), (2, (2 * cap - 200, 2 * cap + 300))]:  # the last wraps
+        out = np.full((classes, stop - start), -1.0)
+        expected = _take_reference(acc[slot], cnt[slot], start, stop, use_max)
+        dsp.take_stacked(acc[slot], cnt[slot], start, stop, use_max, out)
+        np.testing.assert_array_equal(out, expected)
+        idx = np.arange(start, stop) % cap
+        assert (acc[slot][:, idx] == 0).all() and (cnt[slot][:, idx] == 0).all()  # slots cleared for reuse
+    assert np.isnan(out).any() and not np.isnan(out).all()
+    dsp.stack_batch(acc, cnt, slots[:1], starts[:1], skips[:1], rows[:1], preds, use_max)
+    out = np.empty((classes, 2 * cap + 30))  # longer than the ring: the second lap reads cleared slots
+    expected = _take_reference(acc[0], cnt[0], 0, 2 * cap + 30, use_max)
+    dsp.take_stacked(acc[0], cnt[0], 0, 2 * cap + 30, use_max, out)
+    np.testing.assert_array_equal(out[:, :cap], expected[:, :cap])
+    assert np.isnan(out[:, cap:]).all() and not np.isnan(out[:, :cap]).all() and (cnt[0] == 0).all()
+
+
 def test_stack_and_take_average_and_max():
-    acc = np.zeros((2, 50), dtype=np.float64)
-    cnt = np.zeros((2, 50), dtype=np.int32)
-    a = np.full((20, 2), 0.2, dtype=np.float32)
-    b = np.full((20, 2), 0.6, dtype=np.float32)
-    b[:5] = np.nan  # blinded samples are not counted
-    dsp.stack_window(acc, cnt, 45, a, False)  # wraps around the ring
-    dsp.stack_window(acc, cnt, 55, b, False)
+    acc = np.zeros((1, 2, 50), dtype=POOL.acc.dtype)
+    cnt = np.zeros((1, 2, 50), dtype=POOL.cnt.dtype)
+    a = np.full((1, 20, 2), 0.2, dtype=np.float32)
+    b = np.full((1, 20, 2), 0.6, dtype=np.float32)
+    b[0, :5] = np.nan  # blinded samples are not counted
+    one = np.zeros(1, dtype=np.int64)
+    dsp.stack_batch(acc, cnt, one, np.array([45]), one, one, a, False)  # wraps around the ring
+    dsp.stack_batch(acc, cnt, one, np.array([55]), one, one, b, False)
     out = np.empty((2, 30), dtype=np.float64)
-    dsp.take_stacked(acc, cnt, 45, 75, False, out)
+    dsp.take_stacked(acc[0], cnt[0], 45, 75, False, out)
     assert np.allclose(out[0, :10], 0.2) and np.allclose(out[0, 10:15], 0.2)
     assert np.allclose(out[0, 15:20], 0.4) and np.allclose(out[0, 20:30], 0.6)
     assert (cnt == 0).all() and (acc == 0).all()  # slots cleared for reuse
-    dsp.stack_window(acc, cnt, 0, a, True)
-    dsp.stack_window(acc, cnt, 0, np.full((20, 2), 0.1, dtype=np.float32), True)
+    dsp.stack_batch(acc, cnt, one, one, one, one, a, True)
+    dsp.stack_batch(acc, cnt, one, one, one, one, np.full((1, 20, 2), 0.1, dtype=np.float32), True)
     out = np.empty((2, 20), dtype=np.float64)
-    dsp.take_stacked(acc, cnt, 0, 20, True, out)
+    dsp.take_stacked(acc[0], cnt[0], 0, 20, True, out)
     assert np.allclose(out, 0.2)
 
 

@@ -55,10 +55,8 @@ class InferenceEngine:
 
     def gather(self, data: np.ndarray, have: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
         """Copy (and, when known, normalise) windows of one group into ``out`` rows."""
-        if self.norm is None:
-            dsp.gather_raw(data, have, starts, self.in_samples, out)
-        else:
-            dsp.gather_windows(data, have, starts, self.in_samples, self.norm, out)
+        norm = dsp.NORM_NONE if self.norm is None else self.norm
+        dsp.gather_windows(data, have, starts, self.in_samples, norm, out)
 
     def gather_batch(self, data: np.ndarray, have: np.ndarray, slots: np.ndarray, starts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
         """Copy (and, when known, normalise) windows of many stations of a lane-level ring pool into ``out`` rows, in one call."""

@@ -158,8 +158,8 @@ class Lane:
             lane=self,
             buffer=GroupBuffer(key, len(self.spec.component_order), self.capacity, self.fs),
             scheduler=scheduler,
-            acc=np.zeros((n_classes, self.capacity), dtype=np.float64),
-            cnt=np.zeros((n_classes, self.capacity), dtype=np.int32),
+            acc=np.zeros((n_classes, self.capacity), dtype=self.pool.acc.dtype),
+            cnt=np.zeros((n_classes, self.capacity), dtype=self.pool.cnt.dtype),
             pickers={i: TriggerPicker(self.thresholds[label]) for i, label in enumerate(self.labels) if label in self.thresholds},
             early=EarlyBook(self.match_samples) if self.early_on else None,
         )

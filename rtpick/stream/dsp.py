@@ -7,12 +7,13 @@ to a few percent of the model forward.
 * :class:`Resampler` — streaming rational resampler (polyphase windowed sinc).
 * :func:`gather_windows` — copy windows out of a ring buffer, zero-fill missing
   components, demean and normalise per component exactly as PhaseNet's
-  ``annotate_batch_pre`` (std with Bessel correction, or peak; eps 1e-10).
-* :func:`stack_window` — add one window's predictions into a ring accumulator
-  (``avg``/``max``; NaN = blinded, not counted), as SeisBench stacking.
+  ``annotate_batch_pre`` (std with Bessel correction, or peak; eps 1e-10), or
+  copy them raw (``NORM_NONE``) for models whose own hook normalises.
 * :func:`gather_batch` / :func:`stack_batch` — the same for a whole batch of windows
   of many stations in one call (lane-level ring arrays), so the per-window cost of
-  the hot path is a few array stores, not a Python call into numba per window.
+  the hot path is a few array stores, not a Python call into numba per window;
+  stacking adds predictions into ring accumulators (``avg``/``max``; NaN = blinded,
+  not counted) as SeisBench's ``annotate`` does, :func:`take_stacked` reads them out.
 """
 
 from __future__ import annotations
@@ -25,62 +26,118 @@ import numpy as np
 
 NORM_STD = 0
 NORM_PEAK = 1
-
-
 NORM_NONE = -1  # raw copy: the model's own hook normalises
+
+# Window reductions (sums of a window) may be reordered so that LLVM vectorises them
+# ('reassoc'); 'arcp'/'contract'/'nsz' allow fused multiply-adds. The float64 sums move
+# by ~1e-16 relative, far below the float32 output. 'nnan'/'ninf' are deliberately
+# absent: a NaN sample must still turn its component into NaN, as in SeisBench.
+_REDUCE = {"nsz", "arcp", "contract", "reassoc"}
+
+# Ring reads and writes are split into at most two contiguous pieces (before and after
+# the wrap) and every loop below runs over one contiguous piece with selects instead
+# of branches: no per-sample modulo or wrap test, so the loops vectorise. This made
+# the batch kernels several times faster (bench/kernels.py).
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
+def _moments(data, have, shift):  # pragma: no cover - numba
+    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = (data where have else 0) - shift``, in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(data.shape[0]):
+        d = (np.float64(data[i]) if have[i] else 0.0) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _order_key(bits):  # pragma: no cover - numba
+    """Map float32 bits to an int32 of the same order (and back: the map is its own inverse)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
+def _extremes(data, have, shift, lo, hi):  # pragma: no cover - numba
+    """Sum of ``(data where have else 0) - shift`` over one contiguous piece, and its min/max as order keys.
+
+    Float min/max reductions do not vectorise without 'nnan'; on integer order keys
+    (:func:`_order_key`) they do, and the result is the same float. A NaN sample may
+    come out as min or max, but it already made the sum, hence the output, NaN.
+    """
+    bits = data.view(np.int32)
+    s1 = 0.0
+    for i in range(data.shape[0]):
+        ok = have[i]
+        s1 += (np.float64(data[i]) if ok else 0.0) - shift
+        key = _order_key(bits[i]) * ok  # the key of +0.0 is 0
+        lo = key if key < lo else lo  # selects: min()/max() here stop the vectoriser
+        hi = key if key > hi else hi
+    return s1, lo, hi
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
+def _write(data, have, mean, inv, out):  # pragma: no cover - numba
+    """``out = ((data where have else 0) - mean) * inv`` over one contiguous piece, in float64."""
+    for i in range(out.shape[0]):
+        out[i] = ((np.float64(data[i]) if have[i] else 0.0) - mean) * inv
+
+
+@numba.njit(cache=True, nogil=True)
 def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - numba
-    """One window of ring ``data``/``have`` (channels, capacity) from absolute ``start`` into ``out`` (channels, samples).
+    """``n_samples`` of ring ``data``/``have`` (channels, capacity) from absolute ``start`` into ``out`` (channels, samples).
 
     Samples whose ``have`` flag is False are zeros (SeisBench imputes missing
     components with zeros). Unless ``norm`` is NORM_NONE each component is demeaned
-    and divided by its std (Bessel) or peak plus 1e-10, accumulated in float64.
+    and divided by its std (Bessel) or peak plus 1e-10, as PhaseNet's
+    ``annotate_batch_pre`` does, but in float64. The window is at most as long as the
+    ring, so it is read in at most two contiguous pieces.
+
+    Two reads of the ring, one write of ``out``: the first read sums the window's
+    values (and squares, or extremes) shifted by its first value, the second writes
+    the normalised window. The shift makes the one-pass variance exact enough: no
+    value of a window is further than ``std * sqrt(n - 1)`` from its mean
+    (Samuelson), so ``sum(d*d) - sum(d)**2/n`` loses at most ~log10(n) digits of
+    float64's 16, and the result equals the two-pass one to ~1e-12 relative.
     """
     cap = data.shape[1]
+    n = n_samples
     s0 = start % cap
+    n1 = min(n, cap - s0)  # samples before the wrap
     for c in range(data.shape[0]):
-        total = 0.0
-        for i in range(n_samples):
-            j = s0 + i
-            if j >= cap:
-                j -= cap
-            v = data[c, j] if have[c, j] else 0.0
-            out[c, i] = v
-            total += v
+        a0, h0, o0 = data[c, s0:s0 + n1], have[c, s0:s0 + n1], out[c, :n1]
+        a1, h1, o1 = data[c, :n - n1], have[c, :n - n1], out[c, n1:n]
         if norm == NORM_NONE:
+            _write(a0, h0, 0.0, 1.0, o0)
+            _write(a1, h1, 0.0, 1.0, o1)
             continue
-        mean = total / n_samples
+        shift = np.float64(a0[0]) if h0[0] else 0.0
         if norm == NORM_STD:
-            acc = 0.0
-            for i in range(n_samples):
-                d = out[c, i] - mean
-                acc += d * d
-            scale = np.sqrt(acc / (n_samples - 1)) + 1e-10
+            s1, s2 = _moments(a0, h0, shift)
+            t1, t2 = _moments(a1, h1, shift)
+            s1 += t1
+            s2 += t2
+            var = (s2 - s1 * (s1 / n)) / (n - 1)
+            mean = shift + s1 / n
+            scale = np.sqrt(0.0 if var < 0.0 else var) + 1e-10  # rounding may leave a tiny negative; NaN stays NaN
         else:
-            peak = 0.0
-            for i in range(n_samples):
-                d = abs(out[c, i] - mean)
-                if d > peak:
-                    peak = d
-            scale = peak + 1e-10
-        for i in range(n_samples):
-            out[c, i] = (out[c, i] - mean) / scale
+            s1, lo, hi = _extremes(a0, h0, shift, np.int32(0x7FFFFFFF), np.int32(-0x80000000))
+            t1, lo, hi = _extremes(a1, h1, shift, lo, hi)
+            s1 += t1
+            mean = shift + s1 / n
+            low = np.float64(np.int32(_order_key(lo)).view(np.float32))
+            high = np.float64(np.int32(_order_key(hi)).view(np.float32))
+            scale = max(0.0, high - mean, mean - low) + 1e-10  # max |x - mean|: rounding is monotonic
+        _write(a0, h0, mean, 1.0 / scale, o0)
+        _write(a1, h1, mean, 1.0 / scale, o1)
 
 
 @numba.njit(cache=True, nogil=True)
 def gather_windows(data, have, starts, n_samples, norm, out):  # pragma: no cover - numba
-    """Fill ``out[b]`` with the (normalised, see :func:`_gather_one`) window of one ring starting at ``starts[b]``."""
+    """Fill ``out[b]`` (channels, samples) with the window of one ring starting at ``starts[b]`` (see :func:`_gather_one`)."""
     for b in range(starts.shape[0]):
         _gather_one(data, have, starts[b], n_samples, norm, out[b])
-
-
-@numba.njit(cache=True, nogil=True)
-def gather_raw(data, have, starts, n_samples, out):  # pragma: no cover - numba
-    """Copy windows without normalisation (for models whose own hook normalises)."""
-    for b in range(starts.shape[0]):
-        _gather_one(data, have, starts[b], n_samples, NORM_NONE, out[b])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -94,59 +151,91 @@ def gather_batch(data, have, slots, starts, rows, n_samples, norm, out):  # prag
         _gather_one(data[slots[k]], have[slots[k]], starts[k], n_samples, norm, out[rows[k]])
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _stack_one(acc, cnt, start, pred, skip, use_max):  # pragma: no cover - numba
-    cap = acc.shape[1]
-    s0 = (start + skip) % cap
-    for i in range(pred.shape[0] - skip):
-        j = s0 + i
-        if j >= cap:
-            j -= cap
-        for k in range(pred.shape[1]):
-            v = pred[skip + i, k]
-            if np.isnan(v):
-                continue
-            if use_max:
-                if cnt[k, j] == 0 or v > acc[k, j]:
-                    acc[k, j] = v
-            else:
-                acc[k, j] += v
-            cnt[k, j] += 1
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _add_piece(acc, cnt, pred, use_max):  # pragma: no cover - numba
+    """Stack one contiguous piece of one class: ``pred`` into ``acc``/``cnt``; NaN is blinded (not counted).
+
+    Branch-free selects so that the loop vectorises; per sample the operations and
+    their order are those of a plain loop, so sums are bit-identical to it.
+    """
+    if use_max:
+        for i in range(pred.shape[0]):
+            v = pred[i]
+            ok = v == v
+            c = cnt[i]
+            acc[i] = v if ok and (c == 0 or v > acc[i]) else acc[i]
+            cnt[i] = c + 1 if ok else c
+    else:
+        for i in range(pred.shape[0]):
+            v = pred[i]
+            ok = v == v
+            acc[i] = acc[i] + v if ok else acc[i]
+            cnt[i] = cnt[i] + 1 if ok else cnt[i]
 
 
 @numba.njit(cache=True, nogil=True)
-def stack_window(acc, cnt, start, pred, use_max):  # pragma: no cover - numba
-    """Stack ``pred`` (samples, classes) into ring accumulators (classes, capacity) from absolute ``start``."""
-    _stack_one(acc, cnt, start, pred, 0, use_max)
+def _stack_batch(acc, cnt, slots, starts, skips, rows, preds, use_max):  # pragma: no cover - numba
+    """:func:`stack_batch` on class-major predictions ``preds`` (batch, classes, samples)."""
+    cap = acc.shape[2]
+    for k in range(slots.shape[0]):
+        a, c, p, skip = acc[slots[k]], cnt[slots[k]], preds[rows[k]], skips[k]
+        n = p.shape[1] - skip
+        if n <= 0:
+            continue
+        s0 = (starts[k] + skip) % cap
+        n1 = min(n, cap - s0)  # samples before the wrap
+        for j in range(p.shape[0]):
+            _add_piece(a[j, s0:s0 + n1], c[j, s0:s0 + n1], p[j, skip:skip + n1], use_max)
+            _add_piece(a[j, :n - n1], c[j, :n - n1], p[j, skip + n1:], use_max)
 
 
-@numba.njit(cache=True, nogil=True)
-def stack_batch(acc, cnt, slots, starts, skips, rows, preds, use_max):  # pragma: no cover - numba
+def stack_batch(acc: np.ndarray, cnt: np.ndarray, slots: np.ndarray, starts: np.ndarray, skips: np.ndarray,
+                rows: np.ndarray, preds: np.ndarray, use_max: bool) -> None:
     """Stack a whole batch in one call, in order: ``preds[rows[k], skips[k]:]`` into ring ``slots[k]`` at ``starts[k] + skips[k]``.
 
-    ``acc``/``cnt`` are lane-level (stations, classes, capacity) arrays; windows are
-    added in the order given, so sums are bit-identical to one call per window.
+    ``acc``/``cnt`` are lane-level (stations, classes, capacity) arrays
+    (:class:`~rtpick.stream.buffers.RingPool`); ``preds`` is (batch, samples, classes)
+    as ``annotate_batch_post`` returns it; NaN is blinded (not counted); ``use_max``
+    stacks the maximum instead of the sum. Windows are added in the order given, so
+    sums are bit-identical to one call per window. A window is at most as long as the
+    ring (a lane's rings hold two windows and a step), so it wraps at most once.
+
+    The kernel walks ``preds`` class by class. PhaseNet's ``annotate_batch_post``
+    returns a transposed view of the network's (batch, classes, samples) output, so
+    the class-major view here is contiguous and the kernel vectorises; a model whose
+    predictions are sample-major gets a (slower) strided kernel, not a copy.
     """
-    for k in range(slots.shape[0]):
-        _stack_one(acc[slots[k]], cnt[slots[k]], starts[k], preds[rows[k]], skips[k], use_max)
+    _stack_batch(acc, cnt, slots, starts, skips, rows, preds.transpose(0, 2, 1), use_max)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _take_piece(acc, cnt, use_max, out):  # pragma: no cover - numba
+    """Final values of one contiguous piece of one class into ``out``; the piece is cleared."""
+    for i in range(out.shape[0]):
+        c = cnt[i]
+        v = acc[i] if use_max else acc[i] / c
+        out[i] = v if c != 0 else np.nan
+    acc[:] = 0.0
+    cnt[:] = 0
 
 
 @numba.njit(cache=True, nogil=True)
 def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - numba
-    """Read final stacked values ``[start, stop)`` into ``out`` and clear those ring slots."""
+    """Read final stacked values ``[start, stop)`` of ring ``acc``/``cnt`` (classes, capacity) into ``out`` and clear those ring slots.
+
+    A sample no window counted is NaN; otherwise the mean (sum / count) or, with
+    ``use_max``, the maximum. The range is read in contiguous pieces, one per lap of
+    the ring: it may be longer than the ring (a station whose windows were dropped
+    under overload), and then reads the slots it has just cleared, i.e. NaN.
+    """
     cap = acc.shape[1]
-    for i in range(stop - start):
-        j = (start + i) % cap
+    pos = start
+    while pos < stop:
+        j = pos % cap
+        m = min(stop - pos, cap - j)
         for k in range(acc.shape[0]):
-            c = cnt[k, j]
-            if c == 0:
-                out[k, i] = np.nan
-            elif use_max:
-                out[k, i] = acc[k, j]
-            else:
-                out[k, i] = acc[k, j] / c
-            acc[k, j] = 0.0
-            cnt[k, j] = 0
+            _take_piece(acc[k, j:j + m], cnt[k, j:j + m], use_max, out[k, pos - start:pos - start + m])
+        pos += m
 
 
 @numba.njit(cache=True, nogil=True)
