@@ -188,3 +188,29 @@ def test_resampler_is_chunk_invariant_and_accurate(fs_in):
 def test_resampler_rejects_irrational_ratio():
     with pytest.raises(ValueError, match="rational"):
         dsp.Resampler(np.pi * 10, 100.0)
+
+
+@pytest.mark.parametrize("first", [0, 7, 95, 100, 1234])
+def test_ring_put_wraps_like_modular_indexing(first):
+    cap = 100
+    data = np.zeros(cap, dtype=np.float32)
+    have = np.zeros(cap, dtype=np.bool_)
+    values = np.arange(1, 41, dtype=np.float32)
+    dsp.ring_put(data, have, first, values)
+    idx = (first + np.arange(40)) % cap
+    assert np.array_equal(data[idx], values) and have[idx].all() and have.sum() == 40
+
+
+def test_ring_first_finds_block_edges_across_the_wrap():
+    rng = np.random.default_rng(3)
+    cap = 64
+    have = rng.random((3, cap)) < 0.15
+    have[:, 10:20] = True
+    covered = have.any(axis=0)
+    for start in (0, 5, 50, 63, 64 * 7 + 30):
+        for stop in (start, start + 1, start + 20, start + cap):
+            seq = covered[np.arange(start, stop) % cap]
+            for want in (True, False):
+                hits = np.flatnonzero(seq == want)
+                expected = int(hits[0]) if hits.size else stop - start
+                assert dsp.ring_first(have, start, stop, want) == expected, (start, stop, want)

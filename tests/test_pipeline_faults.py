@@ -254,7 +254,7 @@ def test_scheduler_scan_is_bounded_by_the_ring_whatever_the_gap():
     assert len(sched.blocks) == 2 and sched.blocks[0].end == 5000
     assert len(due) <= 3  # two regular windows and the end-aligned one of the first block
     with pytest.raises(ValueError, match="ring holds"):
-        buf.coverage(0, far)
+        buf.first(0, far, covered=True)
 
 
 def test_staged_records_are_written_by_poll_and_change_no_pick(loaded, records, clean):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtpick.stream.dsp import Resampler
+from rtpick.stream.dsp import Resampler, ring_first, ring_put
 from rtpick.types import NS_PER_S, Record
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,7 @@ class GroupBuffer:
             values = values[-cap:]
             first += n - cap
             n = cap
-        i0 = first % cap
-        k = min(n, cap - i0)
-        self.data[component, i0:i0 + k] = values[:k]
-        self.have[component, i0:i0 + k] = True
-        if k < n:
-            self.data[component, :n - k] = values[k:]
-            self.have[component, :n - k] = True
+        ring_put(self.data[component], self.have[component], first, values)
 
     def _clear(self, component: int, first: int, end: int) -> None:
         n = end - first
@@ -134,18 +128,15 @@ class GroupBuffer:
                 self._clear(component, filled, ready)
                 self.filled_to[component] = ready
 
-    def coverage(self, start: int, stop: int) -> np.ndarray:
-        """Boolean per index in ``[start, stop)``: does any component have data there?
+    def first(self, start: int, stop: int, covered: bool) -> int:
+        """Offset from ``start`` of the first index in ``[start, stop)`` where some component has data (``covered``) or none has; ``stop - start`` if none.
 
         At most ``capacity`` indices: older ones are no longer in the ring (the caller
         must never ask for more, so the cost never grows with a time gap).
         """
-        i0, n = start % self.capacity, stop - start
-        if n > self.capacity:
-            raise ValueError(f"{self.key}: coverage of {n} samples asked, the ring holds {self.capacity}")
-        if i0 + n <= self.capacity:
-            return self.have[:, i0:i0 + n].any(axis=0)
-        return np.concatenate([self.have[:, i0:].any(axis=0), self.have[:, :i0 + n - self.capacity].any(axis=0)])
+        if stop - start > self.capacity:
+            raise ValueError(f"{self.key}: scan of {stop - start} samples asked, the ring holds {self.capacity}")
+        return int(ring_first(self.have, start, stop, covered))
 
     def reset(self) -> None:
         """Forget all data (time jump beyond the ring, or a fault): O(capacity), never O(gap)."""

@@ -14,6 +14,9 @@ to a few percent of the model forward.
   the hot path is a few array stores, not a Python call into numba per window;
   stacking adds predictions into ring accumulators (``avg``/``max``; NaN = blinded,
   not counted) as SeisBench's ``annotate`` does, :func:`take_stacked` reads them out.
+* :func:`ring_put` / :func:`ring_first` — a station's ring write and the scan for the
+  next block edge, one call each instead of several NumPy slice operations (they run
+  once per channel and window step: the per-station part of the hot path).
 """
 
 from __future__ import annotations
@@ -236,6 +239,44 @@ def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - num
         for k in range(acc.shape[0]):
             _take_piece(acc[k, j:j + m], cnt[k, j:j + m], use_max, out[k, pos - start:pos - start + m])
         pos += m
+
+
+@numba.njit(cache=True, nogil=True)
+def ring_put(data, have, first, values):  # pragma: no cover - numba
+    """Write ``values`` into one component's ring (``data``/``have`` of shape (capacity,)) from absolute index ``first``.
+
+    ``len(values)`` must not exceed the capacity (the caller keeps the newest samples).
+    """
+    cap = data.shape[0]
+    i0 = first % cap
+    k = min(values.shape[0], cap - i0)
+    data[i0:i0 + k] = values[:k]
+    have[i0:i0 + k] = True
+    rest = values.shape[0] - k
+    if rest > 0:
+        data[:rest] = values[k:]
+        have[:rest] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def ring_first(have, start, stop, want):  # pragma: no cover - numba
+    """Offset from ``start`` of the first index of ``[start, stop)`` where "any component has data" is ``want``; ``stop - start`` if none.
+
+    ``have`` is a station's (components, capacity) mask; the range must not exceed the capacity.
+    """
+    cap = have.shape[1]
+    n = stop - start
+    i0 = start % cap
+    for piece in range(2):
+        lo = i0 if piece == 0 else 0
+        hi = min(cap, i0 + n) if piece == 0 else i0 + n - cap
+        for j in range(lo, hi):
+            covered = False
+            for c in range(have.shape[0]):
+                covered |= have[c, j]
+            if covered == want:
+                return j - lo + (0 if piece == 0 else cap - i0)
+    return n
 
 
 @numba.njit(cache=True, nogil=True)

@@ -25,8 +25,6 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from rtpick.stream.buffers import GroupBuffer
 
 log = logging.getLogger(__name__)
@@ -126,22 +124,14 @@ class WindowScheduler:
                 self._close(block, pos, due)
             pos = ready - buf.capacity
         while pos < ready:
-            cov = buf.coverage(pos, ready)
             block = self.open_block
+            pos += buf.first(pos, ready, covered=block is None)  # the block's first hole, or the next block's first sample
+            if pos >= ready:
+                break
             if block is not None:
-                holes = np.flatnonzero(~cov)
-                if holes.size == 0:
-                    pos = ready
-                    break
-                pos += int(holes[0])
                 self._schedule_regular(block, pos, due)
                 self._close(block, pos, due)
             else:
-                hits = np.flatnonzero(cov)
-                if hits.size == 0:
-                    pos = ready
-                    break
-                pos += int(hits[0])
                 self.blocks.append(self._open(pos))
         self.scanned_to = pos
         buf.floor = pos
