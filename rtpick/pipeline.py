@@ -212,8 +212,7 @@ class Pipeline:
         for feed in station.feeds:
             feed.end_segment()
         lane.advance(station, final=True)
-        while lane.queue:
-            lane.run_batch()
+        self._serve([lane])
         lane.reset_station(station)
 
     def poll(self, now: float | None = None) -> list[Pick]:
@@ -221,7 +220,9 @@ class Pipeline:
         now = time.monotonic() if now is None else now
         tips = [lane for lane in self.lanes.values() if lane.queue_tips(now)]  # a round of tip windows runs at once
         wait = self.config.inference.max_wait_s
-        self._serve([lane for lane in self.lanes.values() if lane.queue and (lane in tips or now - lane.queue[0].queued_at >= wait)])
+        self._serve([lane for lane in self.lanes.values() if lane.queue and (lane in tips or now - lane.queue[0].queued_at >= wait)], wait=False)
+        for lane in self.lanes.values():  # and every lane's forward that finished meanwhile (forward worker)
+            lane.settle(wait=False)
         return self._take()
 
     def flush(self) -> list[Pick]:
@@ -256,13 +257,16 @@ class Pipeline:
         self._serve(list(self.lanes.values()))
         return self._take()
 
-    def _serve(self, lanes: list[Lane]) -> None:
-        """Run the lanes' queued windows round-robin, one batch per lane in turn, until all are empty."""
+    def _serve(self, lanes: list[Lane], wait: bool = True) -> None:
+        """Run the lanes' queued windows round-robin, one batch per lane in turn, until all are empty;
+        then settle their batches in flight (forward worker), or with ``wait`` False those already done."""
         pending = [lane for lane in lanes if lane.queue]
         while pending:
             for lane in pending:
                 lane.run_batch()
             pending = [lane for lane in pending if lane.queue]
+        for lane in lanes:
+            lane.settle(wait)
 
     # --------------------------------------------------------------- hot swap
     def swap_model(self, region: str, loaded: LoadedModel, spec: LaneSpec) -> None:
