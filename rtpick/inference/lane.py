@@ -257,6 +257,11 @@ class Lane:
             frontier = station.frontier()
         return frontier - oldest > self.risk_samples
 
+    @property
+    def in_flight(self) -> int:
+        """Windows of the batch handed to the forward worker and not stacked yet (0 without one)."""
+        return len(self._inflight.rows) if self._inflight is not None else 0
+
     def batch_due(self) -> bool:
         """A full batch is queued."""
         return len(self.queue) >= self.batch_size
