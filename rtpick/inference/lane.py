@@ -88,7 +88,7 @@ class Flight:
     ``rows`` pairs each window with its row in the batch (and in ``future``'s
     predictions); ``gathered`` holds the rows whose data was copied (the others were
     overwritten in the ring: dropped, counted). ``future`` gives (predictions, forward
-    seconds), or the exception of the gather or the forward; None until submitted.
+    seconds), or the exception of the gather or the forward.
     """
 
     size: int  # windows taken from the queue (counted as run or failed)
@@ -96,7 +96,7 @@ class Flight:
     gathered: set[int]
     wall0: float  # wall and monotonic time the batch was formed (stage latencies)
     mono0: float
-    future: Future | None = None
+    future: Future = field(default_factory=Future)
 
     def forget(self, station: Station) -> None:
         """Leave out the station's windows: it restarts, their block and sums are gone."""
@@ -270,24 +270,17 @@ class Lane:
         """Run up to one batch of this lane's queued windows; an empty queue only settles.
 
         Without the forward worker: gather, forward and stack here. With it: gather
-        into the free batch buffer (while the batch in flight runs on the worker),
-        wait for the batch in flight, hand the new one to the worker, then stack the
-        previous one; the new batch stays in flight until the next call or
-        :meth:`settle`.
+        into the free batch buffer while the batch in flight runs on the worker, hand
+        the new batch to the worker (it starts once the forward in flight ends), then
+        stack the previous one, waiting for its forward; the new batch stays in flight
+        until the next call or :meth:`settle`. So one batch is in flight between calls,
+        and the buffer gathered into next belongs to a batch already stacked.
 
         If gathering or inference raises, the batch's windows are dropped (counted in
         ``stats.windows_failed``, logged): their samples are stacked from the other
         windows covering them, or stay empty (no pick there), and streaming goes on.
         """
-        gathered = self._gather() if self.queue else None
-        previous, self._inflight = self._inflight, None
-        if previous is not None and previous.future is not None:
-            previous.future.exception()  # wait: one forward in flight at a time
-        if gathered is not None:
-            batch, flight = gathered
-            if flight.future is None:  # gathered (not failed): its forward starts
-                flight.future = self.engine.submit(batch)
-            self._inflight = flight
+        previous, self._inflight = self._inflight, (self._launch() if self.queue else None)
         if previous is not None:
             self._stack(previous)
         if not self.engine.worker:
@@ -305,8 +298,8 @@ class Lane:
         self._inflight = None
         self._stack(flight)
 
-    def _gather(self) -> tuple[np.ndarray, Flight]:
-        """Take up to one batch of windows off the queue and copy them into the next batch buffer.
+    def _launch(self) -> Flight:
+        """Take up to one batch of windows off the queue, copy them into the next batch buffer, submit its forward.
 
         The one place windows leave the rings. A window whose data was overwritten is
         dropped (counted, logged); a gather that raises gives a flight whose future
@@ -332,17 +325,17 @@ class Lane:
                 flight.gathered.add(i)
             self.engine.gather_batch(self.pool.data, self.pool.have, slots[:m], starts[:m], rows[:m], batch)
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the pipeline
-            flight.future = Future()
             flight.future.set_exception(exc)
-        return batch, flight
+        else:
+            flight.future = self.engine.submit(batch)
+        return flight
 
     def _stack(self, flight: Flight) -> None:
         """Stack a batch whose forward is done (waits for it otherwise), then pick the stations it touched."""
         host, stats = self.host, self.host.stats
         n = flight.size
         preds, seconds = None, 0.0
-        assert flight.future is not None  # submitted, or failed in the gather
-        exc = flight.future.exception()
+        exc = flight.future.exception()  # waits for the forward
         if exc is not None:
             stats.windows_failed += n
             log.warning("region %s: inference of a batch of %d windows failed, windows dropped (counted): %r", self.region, n, exc,
