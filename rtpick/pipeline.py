@@ -7,8 +7,10 @@ model *lane* (:class:`~rtpick.inference.lane.Lane`) of its region
 are due, runs them through its own model in batches, stacks the predictions exactly
 as SeisBench's ``annotate`` and turns final samples into picks as ``classify`` does.
 Without ``[[regions]]`` there is one lane, ``default``, built from ``[inference]``.
-The pipeline is single-threaded and does not know where records come from (replay or
-SeedLink); the daemon drives it from one thread.
+The pipeline is single-threaded (only a lane's model forward may run on its engine's
+worker thread, ``inference.forward_worker``: see :class:`~rtpick.inference.lane.Lane`)
+and does not know where records come from (replay or SeedLink); the daemon drives it
+from one thread.
 
 Contract: for the same data and model, each station's stacked probabilities equal
 SeisBench ``annotate`` of its lane's model (same overlap/stacking/blinding) within
