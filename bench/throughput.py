@@ -205,10 +205,10 @@ def main() -> None:
         overlap = model.in_samples - int(round(stride * 100))
         results: dict[str, list[float]] = {"annotate": []}
         windows = 0
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
             for name in args.backend:
-                for worker in args.forward_worker:
+                for worker in args.forward_worker[:: 1 if repeat % 2 == 0 else -1]:  # alternate the order: the first run after another contender is slower
                     seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device, worker), loaded, records)
                     results.setdefault(rtpick_key(name, worker, args.forward_worker), []).append(station_seconds / seconds)
                 fwd = run_forward(forwards[name], model.in_samples, windows, args.batch, args.device)
