@@ -292,6 +292,11 @@ class Pipeline:
         pick not yet emitted can start at (the start of a trigger still open, else
         how far picking got); ``pick_from``: that per phase; ``sampling_rate``: the
         rate of the station's lane model the indices are counted in. JSON-serialisable.
+
+        Windows queued or in flight on a forward worker are not run here: they are
+        still pending in their blocks, so the point lies before them and a restart
+        recomputes them (stacking them here would make picks the saved state already
+        counts as published).
         """
         points: dict[str, dict] = {}
         for key, station in self.stations.items():
