@@ -8,7 +8,8 @@ Prints (never asserts) station-seconds of data processed per wall second for:
 
 Each of these per inference backend (``--backend``, see rtpick.inference.backends;
 ``annotate`` is SeisBench's own eager torch and is run once per repeat), on
-``--device``. Then the pipeline alone: microseconds per record with the model
+``--device``; ``rtpick`` also per ``--forward-worker`` setting (the forward on its own
+thread, gathering the next batch meanwhile; 'auto' = on for CUDA). Then the pipeline alone: microseconds per record with the model
 stubbed out (the forward returns zeros), which is what the streaming spine costs
 on top of the model.
 
@@ -19,7 +20,7 @@ with data streamed in so that only the configured buffer seconds are held.
     python bench/throughput.py                      # defaults: 20 stations x 600 s, strides 10 and 15 s
     python bench/throughput.py --stations 50 --seconds 300 --repeats 5
     python bench/throughput.py --backend eager onnxruntime bf16 --strides 10 --rss-stations
-    python bench/throughput.py --device cuda --stations 500 --seconds 300 --batch 1024 --backend eager
+    python bench/throughput.py --device cuda --stations 500 --seconds 300 --batch 1024 --backend eager --forward-worker on off
 """
 
 from __future__ import annotations
@@ -85,13 +86,14 @@ def make_stream(stations: int, seconds: int) -> obspy.Stream:
     return stream
 
 
-def bench_config(stride_s: float, threads: int, batch: int, backend: str = "eager", device: str = "cpu") -> Config:
+def bench_config(stride_s: float, threads: int, batch: int, backend: str = "eager", device: str = "cpu", forward_worker: str = "auto") -> Config:
     cfg = Config()
     cfg.inference.overlap_s = (3001 - round(stride_s * 100)) / 100  # PhaseNet: 3001-sample windows
     cfg.inference.threads = threads
     cfg.inference.batch_size = batch
     cfg.inference.backend = backend
     cfg.inference.device = device
+    cfg.inference.forward_worker = forward_worker  # type: ignore[assignment]
     return cfg
 
 
@@ -128,6 +130,11 @@ def run_forward(forward, in_samples: int, windows: int, batch: int, device: str)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def rtpick_key(backend: str, worker: str, workers: list[str]) -> str:
+    """The rtpick contender's row name; the forward worker setting only when several are compared."""
+    return f"rtpick {backend}" + (f" worker {worker}" if len(workers) > 1 else "")
 
 
 def summary(values: list[float]) -> str:
@@ -169,6 +176,8 @@ def main() -> None:
     ap.add_argument("--backend", nargs="+", default=["eager", "onnxruntime", "bf16"], choices=["eager", "onnxruntime", "bf16"],
                     help="inference backends to compare (each verified at load; a refused one runs eager and says so)")
     ap.add_argument("--device", default="cpu", help="torch device of rtpick, annotate and the raw forward")
+    ap.add_argument("--forward-worker", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                    help="inference.forward_worker settings of rtpick to compare (interleaved)")
     ap.add_argument("--stub-stations", type=int, default=50, help="stations of the stubbed-model run (0 = skip it)")
     ap.add_argument("--rss-child", nargs=3, type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -182,7 +191,8 @@ def main() -> None:
     model = loaded.model
     station_seconds = args.stations * args.seconds
     print(f"# rtpick throughput: {args.stations} stations x {args.seconds} s at 100 Hz, 3 components, window 30 s, "
-          f"batch {args.batch}, threads {args.threads}, device {args.device}, {args.repeats} interleaved repeats")
+          f"batch {args.batch}, threads {args.threads}, device {args.device}, forward worker {' / '.join(args.forward_worker)}, "
+          f"{args.repeats} interleaved repeats")
     records = make_records(args.stations, args.seconds)
     stream = make_stream(args.stations, args.seconds)
     forwards = {}
@@ -195,22 +205,24 @@ def main() -> None:
         overlap = model.in_samples - int(round(stride * 100))
         results: dict[str, list[float]] = {"annotate": []}
         windows = 0
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
             for name in args.backend:
-                seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device), loaded, records)
-                results.setdefault(f"rtpick {name}", []).append(station_seconds / seconds)
+                for worker in args.forward_worker[:: 1 if repeat % 2 == 0 else -1]:  # alternate the order: the first run after another contender is slower
+                    seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device, worker), loaded, records)
+                    results.setdefault(rtpick_key(name, worker, args.forward_worker), []).append(station_seconds / seconds)
                 fwd = run_forward(forwards[name], model.in_samples, windows, args.batch, args.device)
                 results.setdefault(f"forward {name}", []).append(station_seconds / fwd)
         annotate = statistics.median(results["annotate"])
         print(f"\nstride {stride:.0f} s ({windows} windows per run)        station-seconds/s                x annotate")
-        print(f"  {'annotate (eager)':22s} {summary(results['annotate'])}   1.00")
+        print(f"  {'annotate (eager)':30s} {summary(results['annotate'])}   1.00")
         for name in args.backend:
-            for kind in ("forward", "rtpick"):
-                key = f"{kind} {name}"
-                print(f"  {key:22s} {summary(results[key])}   {statistics.median(results[key]) / annotate:4.2f}")
-            share = statistics.median(results[f"rtpick {name}"]) / statistics.median(results[f"forward {name}"])
-            print(f"  {'':22s} rtpick {name} = {100 * share:.0f} % of its raw forward")
+            for key in [f"forward {name}"] + [rtpick_key(name, worker, args.forward_worker) for worker in args.forward_worker]:
+                print(f"  {key:30s} {summary(results[key])}   {statistics.median(results[key]) / annotate:4.2f}")
+            for worker in args.forward_worker:
+                key = rtpick_key(name, worker, args.forward_worker)
+                share = statistics.median(results[key]) / statistics.median(results[f"forward {name}"])
+                print(f"  {'':30s} {key} = {100 * share:.0f} % of its raw forward")
     if args.stub_stations:
         stub_records = make_records(args.stub_stations, args.seconds)
         cfg = bench_config(10.0, args.threads, args.batch, device=args.device)

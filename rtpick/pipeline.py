@@ -7,8 +7,10 @@ model *lane* (:class:`~rtpick.inference.lane.Lane`) of its region
 are due, runs them through its own model in batches, stacks the predictions exactly
 as SeisBench's ``annotate`` and turns final samples into picks as ``classify`` does.
 Without ``[[regions]]`` there is one lane, ``default``, built from ``[inference]``.
-The pipeline is single-threaded and does not know where records come from (replay or
-SeedLink); the daemon drives it from one thread.
+The pipeline is single-threaded (only a lane's model forward may run on its engine's
+worker thread, ``inference.forward_worker``: see :class:`~rtpick.inference.lane.Lane`)
+and does not know where records come from (replay or SeedLink); the daemon drives it
+from one thread.
 
 Contract: for the same data and model, each station's stacked probabilities equal
 SeisBench ``annotate`` of its lane's model (same overlap/stacking/blinding) within
@@ -186,11 +188,11 @@ class Pipeline:
             if feed.expected_ns > station.last_data_ns:
                 station.last_data_ns = feed.expected_ns
             self._staged[station.key] = station
-            if not ((feed.staged_to >= station.settle_at and self._settle_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
+            if not ((feed.staged_to >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
                 return self._take()  # nothing was queued: no batch can have become due
-            self._settle(station)
+            self._write_staged(station)
         else:
-            self._settle(station)  # the station's staged records go first
+            self._write_staged(station)  # the station's staged records go first
             try:
                 self._ingest(feed, record, now)
             except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
@@ -202,13 +204,13 @@ class Pipeline:
         return self._take()
 
     @staticmethod
-    def _settle_due(station: Station) -> bool:
+    def _staged_due(station: Station) -> bool:
         """Would the station's staged data complete its next window (slowest live component there, or the lead past the component wait)?"""
         filled = station.buffer.filled_to
         ends = [f.staged_to if f.staged else filled[f.component] or 0 for f in station.feeds]
-        return min(ends) >= station.settle_at or max(ends) - station.lane.wait_samples >= station.settle_at
+        return min(ends) >= station.write_at or max(ends) - station.lane.wait_samples >= station.write_at
 
-    def _settle(self, station: Station) -> None:
+    def _write_staged(self, station: Station) -> None:
         """Write the station's staged records (one ring write per channel), then schedule and pick as for each record."""
         if self._staged.pop(station.key, None) is None:
             return
@@ -234,9 +236,9 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - one station must never stop the others
             self.station_failed(station, exc)
 
-    def _settle_all(self) -> None:
+    def _write_all_staged(self) -> None:
         for station in list(self._staged.values()):
-            self._settle(station)
+            self._write_staged(station)
 
     def _advance(self, station: Station) -> None:
         """Queue the station's due windows, pick what became final, run batches its ring needs; note where its next window ends."""
@@ -246,7 +248,7 @@ class Pipeline:
             while lane.at_risk(station):
                 lane.run_batch()
         finally:
-            station.settle_at = station.scheduler.next_window_end()
+            station.write_at = station.scheduler.next_window_end()
 
     def _ingest(self, feed: ChannelFeed, record: Record, now: float) -> None:
         station: Station = feed.group.owner  # type: ignore[attr-defined]
@@ -282,17 +284,18 @@ class Pipeline:
         for feed in station.feeds:
             feed.end_segment()
         lane.advance(station, final=True)
-        while lane.queue:
-            lane.run_batch()
+        self._serve([lane])
         lane.reset_station(station)
 
     def poll(self, now: float | None = None) -> list[Pick]:
         """Run a lane's partial batches once its oldest window waited ``max_wait_s`` (real-time mode)."""
-        self._settle_all()
+        self._write_all_staged()
         now = time.monotonic() if now is None else now
         tips = [lane for lane in self.lanes.values() if lane.queue_tips(now)]  # a round of tip windows runs at once
         wait = self.config.inference.max_wait_s
-        self._serve([lane for lane in self.lanes.values() if lane.queue and (lane in tips or now - lane.queue[0].queued_at >= wait)])
+        self._serve([lane for lane in self.lanes.values() if lane.queue and (lane in tips or now - lane.queue[0].queued_at >= wait)], wait=False)
+        for lane in self.lanes.values():  # and every lane's forward that finished meanwhile (forward worker)
+            lane.settle(wait=False)
         return self._take()
 
     def flush(self) -> list[Pick]:
@@ -301,7 +304,7 @@ class Pipeline:
         Blocks end at the data edge with SeisBench's end-aligned window, exactly as
         ``annotate`` on the whole data. Not for shutdown while data goes on: see :meth:`drain`.
         """
-        self._settle_all()
+        self._write_all_staged()
         for feed in self.feeds.values():
             try:
                 feed.end_segment()
@@ -325,17 +328,20 @@ class Pipeline:
         published; what is held back is rebuilt after a restart from the re-fed
         context (see :meth:`resume_points`).
         """
-        self._settle_all()
+        self._write_all_staged()
         self._serve(list(self.lanes.values()))
         return self._take()
 
-    def _serve(self, lanes: list[Lane]) -> None:
-        """Run the lanes' queued windows round-robin, one batch per lane in turn, until all are empty."""
+    def _serve(self, lanes: list[Lane], wait: bool = True) -> None:
+        """Run the lanes' queued windows round-robin, one batch per lane in turn, until all are empty;
+        then settle their batches in flight (forward worker), or with ``wait`` False those already done."""
         pending = [lane for lane in lanes if lane.queue]
         while pending:
             for lane in pending:
                 lane.run_batch()
             pending = [lane for lane in pending if lane.queue]
+        for lane in lanes:
+            lane.settle(wait)
 
     # --------------------------------------------------------------- hot swap
     def swap_model(self, region: str, loaded: LoadedModel, spec: LaneSpec) -> None:
@@ -359,9 +365,11 @@ class Pipeline:
         pick not yet emitted can start at (the start of a trigger still open, else
         how far picking got); ``pick_from``: that per phase; ``sampling_rate``: the
         rate of the station's lane model the indices are counted in. JSON-serialisable.
-        Records still staged (see :meth:`feed`) are not covered: they lie within the
-        context a restart re-feeds, and querying must not make picks the caller has
-        not seen (the daemon saves these points with the picks it has published).
+        Nothing is run or written here, since that could make picks the caller has not
+        seen (the daemon saves these points with the picks it has already published):
+        records still staged (see :meth:`feed`) lie within the context a restart
+        re-feeds, and windows queued or in flight on a forward worker are still pending
+        in their blocks, so the point lies before them and a restart recomputes them.
         """
         points: dict[str, dict] = {}
         for key, station in self.stations.items():

@@ -12,6 +12,15 @@ The lane's hot path is :meth:`Lane.run_batch`: gather (copy + normalise) of the
 queued windows, one forward pass, stacking. Gathering and stacking are each called
 in one place there, so they can be vectorised without touching the rest.
 
+With the forward worker (``inference.forward_worker``; on for CUDA by default) the
+forward runs on the engine's worker thread: ``run_batch`` gathers the next batch
+into the other of two batch buffers while the batch in flight runs, then hands the
+new one over and stacks the previous one. At most one batch is in flight per lane;
+its windows stay in their block's ``pending`` until stacked, so finality, the
+at-risk check and resume points treat them exactly like queued windows.
+:meth:`Lane.settle` stacks the batch in flight wherever results are needed (the
+pipeline's poll, flush, drain, time jumps; a hot swap).
+
 Hot swap (:meth:`Lane.swap`) replaces the model between two batches: windows
 already queued are computed once, by the new model; the stations, their buffers
 and their window grid stay, so the new model must keep the lane's rate, window,
@@ -23,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -65,11 +75,33 @@ class Station:
     tip_end: int = -1  # data end of the last tip window (no second one on the same data)
     final_arrival: float = 0.0  # arrival of the newest record behind the latest finality step (latency of final picks)
     slot: int = -1  # the station's slot in its lane's RingPool (ring and stacking sums)
-    settle_at: int = 0  # staged records are written once the slowest component reaches this index (its next window end)
+    write_at: int = 0  # staged records are written once the slowest component reaches this index (its next window end)
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
         return self.buffer.lead
+
+
+@dataclass(eq=False)
+class Flight:
+    """One batch from its gather to its stacking: its windows with their batch rows, and its forward.
+
+    ``rows`` pairs each window with its row in the batch (and in ``future``'s
+    predictions); ``gathered`` holds the rows whose data was copied (the others were
+    overwritten in the ring: dropped, counted). ``future`` gives (predictions, forward
+    seconds), or the exception of the gather or the forward.
+    """
+
+    size: int  # windows taken from the queue (counted as run or failed)
+    rows: list[tuple[int, Window]]
+    gathered: set[int]
+    wall0: float  # wall and monotonic time the batch was formed (stage latencies)
+    mono0: float
+    future: Future = field(default_factory=Future)
+
+    def forget(self, station: Station) -> None:
+        """Leave out the station's windows: it restarts, their block and sums are gone."""
+        self.rows = [(i, win) for i, win in self.rows if win.group is not station]
 
 
 def _pick_fields(pick: Pick) -> dict:
@@ -107,6 +139,7 @@ class Lane:
         self.batches = 0
         self.inference_seconds = 0.0
         self._batch_failed = False  # the first failure is logged with its traceback
+        self._inflight: Flight | None = None  # the batch whose forward runs on the worker (forward_worker)
         self._install(spec, loaded)
         stream = host.config.stream
         self.capacity = spec.buffer_samples
@@ -143,8 +176,9 @@ class Lane:
         self.batch_size = spec.batch_size
         inf = self.host.config.inference
         cache_dir = Path(inf.backend_cache_dir).expanduser() if inf.backend_cache_dir else None
-        self.engine = InferenceEngine(net, spec.model_argdict(net), inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region)
-        self._batch = np.zeros((spec.batch_size, len(spec.component_order), spec.in_samples), dtype=np.float32)
+        self.engine = InferenceEngine(net, spec.model_argdict(net), inf.threads, spec.device, spec.backend, loaded.sha256, cache_dir, spec.region, spec.forward_worker)
+        self._buffers = self.engine.host_batches(spec.batch_size)  # gathered into in turn
+        self._turn = 0
         self._index = np.zeros((4, spec.batch_size), dtype=np.int64)  # a batch's slots, starts, skips, rows
         self._identity = {"region": spec.region, "model_sha256": loaded.sha256}
 
@@ -172,6 +206,8 @@ class Lane:
         """Forget the station's data, blocks and trigger state; its queued windows are dropped."""
         if any(w.group is station for w in self.queue):
             self.queue = deque(w for w in self.queue if w.group is not station)
+        if self._inflight is not None:
+            self._inflight.forget(station)
         for feed in station.feeds:
             feed.drop_segment()
         station.buffer.reset()
@@ -184,7 +220,7 @@ class Lane:
             for gone in station.early.clear():  # no final can come for them: the data restarts
                 self._retract(station, gone)
         station.tip_end = -1
-        station.settle_at = 0
+        station.write_at = 0
         station.arrivals.clear()
         station.last_data_ns = 0
 
@@ -218,52 +254,99 @@ class Lane:
         outage, a gap shorter than a restart).
         """
         blocks = station.scheduler.blocks
-        if not blocks or not blocks[0].pending or not self.queue:
+        if not blocks or not blocks[0].pending or not (self.queue or self._inflight):
             return False
         oldest = blocks[0].start + blocks[0].pending[0]
         if frontier is None:
             frontier = station.frontier()
         return frontier - oldest > self.risk_samples
 
+    @property
+    def in_flight(self) -> int:
+        """Windows of the batch handed to the forward worker and not stacked yet (0 without one)."""
+        return len(self._inflight.rows) if self._inflight is not None else 0
+
     def batch_due(self) -> bool:
         """A full batch is queued."""
         return len(self.queue) >= self.batch_size
 
     def run_batch(self) -> None:
-        """Run up to one batch of this lane's queued windows and stack them.
+        """Run up to one batch of this lane's queued windows; an empty queue only settles.
+
+        Without the forward worker: gather, forward and stack here. With it: gather
+        into the free batch buffer while the batch in flight runs on the worker, hand
+        the new batch to the worker (it starts once the forward in flight ends), then
+        stack the previous one, waiting for its forward; the new batch stays in flight
+        until the next call or :meth:`settle`. So one batch is in flight between calls,
+        and the buffer gathered into next belongs to a batch already stacked.
 
         If gathering or inference raises, the batch's windows are dropped (counted in
         ``stats.windows_failed``, logged): their samples are stacked from the other
         windows covering them, or stay empty (no pick there), and streaming goes on.
         """
-        host, stats = self.host, self.host.stats
+        previous, self._inflight = self._inflight, (self._launch() if self.queue else None)
+        if previous is not None:
+            self._stack(previous)
+        if not self.engine.worker:
+            self.settle()
+
+    def settle(self, wait: bool = True) -> None:
+        """Stack (and pick) the batch in flight, if any; with ``wait`` False only once its forward is done.
+
+        The pipeline calls this wherever it needs results; ``poll`` does not wait, so
+        the daemon goes on reading records while the forward runs.
+        """
+        flight = self._inflight
+        if flight is None or not (wait or flight.future.done()):
+            return
+        self._inflight = None
+        self._stack(flight)
+
+    def _launch(self) -> Flight:
+        """Take up to one batch of windows off the queue, copy them into the next batch buffer, submit its forward.
+
+        The one place windows leave the rings. A window whose data was overwritten is
+        dropped (counted, logged); a gather that raises gives a flight whose future
+        holds the exception.
+        """
+        host = self.host
         wall0, mono0 = time.time(), time.monotonic()
-        seconds = 0.0
         n = min(len(self.queue), self.batch_size)
         windows = [self.queue.popleft() for _ in range(n)]
-        batch = self._batch[:n]
-        valid: set[int] = set()
-        preds = None
-        slots, starts, skips, rows = self._index
+        batch = self._buffers[self._turn][:n]
+        self._turn = (self._turn + 1) % len(self._buffers)
+        flight = Flight(n, list(enumerate(windows)), set(), wall0, mono0)
+        slots, starts, _, rows = self._index
         try:
             m = 0
-            for i, win in enumerate(windows):  # gather: the one place windows leave the rings
+            for i, win in enumerate(windows):
                 if win.group.frontier() - win.start > self.capacity:
-                    stats.windows_dropped += 1
+                    host.stats.windows_dropped += 1
                     host.log_once(win.group.key, "overrun", "buffer overrun: window data overwritten before inference (raise stream.buffer_seconds or lower the load)")
                     continue
                 slots[m], starts[m], rows[m] = win.group.slot, win.start, i
                 m += 1
-                valid.add(i)
+                flight.gathered.add(i)
             self.engine.gather_batch(self.pool.data, self.pool.have, slots[:m], starts[:m], rows[:m], batch)
-            t0 = time.perf_counter()
-            preds = self.engine.predict(batch)
-            seconds = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the pipeline
+            flight.future.set_exception(exc)
+        else:
+            flight.future = self.engine.submit(batch)
+        return flight
+
+    def _stack(self, flight: Flight) -> None:
+        """Stack a batch whose forward is done (waits for it otherwise), then pick the stations it touched."""
+        host, stats = self.host, self.host.stats
+        n = flight.size
+        preds, seconds = None, 0.0
+        exc = flight.future.exception()  # waits for the forward
+        if exc is not None:
             stats.windows_failed += n
-            log.warning("region %s: inference of a batch of %d windows failed, windows dropped (counted): %r", self.region, n, exc, exc_info=not self._batch_failed)
+            log.warning("region %s: inference of a batch of %d windows failed, windows dropped (counted): %r", self.region, n, exc,
+                        exc_info=exc if not self._batch_failed else None)
             self._batch_failed = True
         else:
+            preds, seconds = flight.future.result()
             stats.batches += 1
             stats.windows += n
             stats.inference_seconds += seconds
@@ -275,11 +358,12 @@ class Lane:
         t_stack = time.perf_counter()
         touched: dict[int, Station] = {}
         tips: list[tuple[Window, np.ndarray]] = []
+        slots, starts, skips, rows = self._index
         m = 0
-        for i, win in enumerate(windows):  # stack: the one place predictions enter the sums (one call below)
+        for i, win in flight.rows:  # stack: the one place predictions enter the sums (one call below)
             station: Station = win.group  # type: ignore[assignment]
             if win.tip:  # not stacked: its predictions go to the preliminary picker
-                if preds is not None and i in valid:
+                if preds is not None and i in flight.gathered:
                     tips.append((win, preds[i]))
                 continue
             if id(station) not in touched:
@@ -287,7 +371,7 @@ class Lane:
             station.final_arrival = max(station.final_arrival, win.arrived)
             block = win.block
             block.pending.popleft()
-            if preds is not None and i in valid:
+            if preds is not None and i in flight.gathered:
                 slots[m], starts[m], skips[m], rows[m] = station.slot, win.start, max(0, block.stack_floor - win.start), i
                 m += 1
             touched[id(station)] = station
@@ -297,7 +381,7 @@ class Lane:
             self.finalize(station)
         for win, pred in tips:
             self._score_tip(win, pred)
-        self._observe_stages(windows, wall0, mono0, seconds, time.perf_counter() - t_stack)
+        self._observe_stages([win for _, win in flight.rows], flight.wall0, flight.mono0, seconds, time.perf_counter() - t_stack)
 
     # ---------------------------------------------------------------- picking
     def finalize(self, station: Station) -> None:
@@ -482,7 +566,10 @@ class Lane:
         changed = [f"{name} {getattr(self.spec, name)!r} -> {getattr(spec, name)!r}" for name in self.spec.restart_changes(spec)]
         if changed:
             raise ValueError(f"region {self.region!r}: the new model changes {', '.join(changed)}; its stations cannot switch without a restart")
+        self.settle()  # the batch in flight ran on the old model: its picks carry the old identity
+        old = self.engine
         self._install(spec, loaded)
+        old.close()
         for station in self.stations.values():
             for k, picker in station.pickers.items():
                 threshold = self.thresholds.get(self.labels[k])

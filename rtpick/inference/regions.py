@@ -229,6 +229,7 @@ class LaneSpec:
     preprocessing: Preprocessing
     sources: Mapping[str, str]  # "overlap" | "stacking" | "blinding" | "buffer" -> where the value came from
     backend: str = "eager"  # inference backend (rtpick.inference.backends): region override, else [inference]
+    forward_worker: bool = False  # forward on the engine's worker thread: region override, else [inference], 'auto' resolved by device
 
     def argdict(self) -> dict[str, Any]:
         """The SeisBench annotate arguments of this lane (for the model's batch hooks)."""
@@ -425,7 +426,19 @@ def _lane_spec(config: Config, region: RegionConfig, prefix: str, loaded_models:
         preprocessing=pre,
         sources=MappingProxyType({"overlap": overlap_src, "stacking": stacking_src, "blinding": blinding_src, "buffer": buffer_src}),
         backend=region.backend or inf.backend,
+        forward_worker=forward_worker_on(region.forward_worker or inf.forward_worker, device),
     )
+
+
+def forward_worker_on(setting: str, device: str) -> bool:
+    """``inference.forward_worker`` resolved for ``device``: 'auto' is on for CUDA only.
+
+    On CPU the forward already keeps every core it is given busy, so a worker thread
+    has nothing to overlap with and only adds its hand-off (measured: docs/operations.md).
+    """
+    if setting == "auto":
+        return device.startswith("cuda")
+    return setting == "on"
 
 
 def _pick(region_value: Any, inf: Any, key: str, model: Any, model_key: str | None = None) -> tuple[Any, str]:

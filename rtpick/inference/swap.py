@@ -61,7 +61,7 @@ class LaneChange:
         if dict(old.thresholds) != dict(self.spec.thresholds):
             sources = ", ".join(f"{k} {v:g} ({self.spec.threshold_sources[k]})" for k, v in self.spec.thresholds.items())
             parts.append(f"thresholds {sources}")
-        for name in ("blinding", "batch_size", "detection_threshold", "device", "overlap"):
+        for name in ("blinding", "batch_size", "detection_threshold", "device", "forward_worker", "overlap"):
             if getattr(old, name) != getattr(self.spec, name):
                 parts.append(f"{name} {getattr(old, name)} -> {getattr(self.spec, name)}")
         return f"region {self.region!r}: " + ("; ".join(parts) or "settings re-resolved")
