@@ -11,7 +11,9 @@ Contenders (``--only`` selects by name):
 
 * ``eager``            torch fp32, the reference
 * ``eager-frozen``     torch.jit.trace + freeze + optimize_for_inference (oneDNN fusions)
-* ``bf16``             torch bfloat16 autocast (rtpick's ``bf16`` until OpenVINO)
+* ``bf16``             rtpick's ``bf16``: torch bfloat16 autocast, the batch split over ``threads``
+                       single-threaded workers
+* ``bf16-team``        the same autocast on one OpenMP team of ``threads`` (rtpick's ``bf16`` before)
 * ``onnxruntime``      rtpick's ONNX Runtime session (no spinning between runs)
 * ``onnxruntime-spin`` the same with the intra-op pool spinning (ONNX Runtime's default)
 * ``openvino``         rtpick's OpenVINO fp32: THROUGHPUT hint, the batch split over its streams
@@ -20,6 +22,9 @@ Contenders (``--only`` selects by name):
 * ``openvino-static``  OpenVINO fp32 compiled for exactly ``--batch`` windows, partial batches padded
 * ``openvino-bf16``    ``openvino`` with ``INFERENCE_PRECISION_HINT = bf16``
 * ``openvino-bf16-latency`` the same, LATENCY hint
+
+Not here: OpenVINO int8 from ONNX Runtime's QDQ quantisation of the ONNX file (no NNCF)
+ran 7x slower than OpenVINO fp32 and differed from eager by 0.16 in probability.
 
     python bench/backends.py                       # all, 2 threads, batch 64, 7 repeats
     python bench/backends.py --only onnxruntime openvino bf16 --repeats 9   # eager always runs
@@ -93,6 +98,7 @@ def contenders(model: torch.nn.Module, x: torch.Tensor, threads: int, cache: Pat
         return backends.OpenVinoBackend(model, onnx, threads, properties).forward
 
     built = {name: backends.build(name, model, sha, threads, cache).forward for name in ("eager", "bf16", "onnxruntime", "openvino")}
+    built["bf16-team"] = backends.Bf16Backend(model, 1).forward  # one part, the caller's torch threads
     built["eager-frozen"] = _frozen(model, x)
     built["onnxruntime-spin"] = _ort_spinning(onnx, threads)
     built["openvino-latency"] = ov(PERFORMANCE_HINT="LATENCY")

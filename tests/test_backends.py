@@ -134,6 +134,28 @@ def test_reduced_precision_keeps_f1(phasenet, cache_dir, name):
             assert abs(f_got - f_ref) <= 0.005, f"{name} {phase} F1@{tol:g}s: {f_got:.4f} vs eager {f_ref:.4f}"
 
 
+def test_bf16_workers_run_single_threaded_and_keep_the_callers_threads(phasenet):
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend = backends.build("bf16", phasenet, "", 2, None)
+        assert set(backend.pool.map(lambda _: torch.get_num_threads(), range(4))) == {1}
+        assert torch.get_num_threads() == 2
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]  # threads created later still get the configured count
+        x = backends.probe_batch(phasenet, 5)
+        with torch.inference_mode():
+            for n in (1, 2, 5):
+                assert torch.allclose(backend.forward(x[:n]), phasenet(x[:n]), atol=backends.REDUCED_TOLERANCE, rtol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_config_offers_every_backend():
     assert set(typing.get_args(BackendName)) == set(backends.BACKENDS)
 
