@@ -7,8 +7,8 @@ model's raw output (what ``annotate_batch_post`` takes). rtpick keeps four:
 * ``onnxruntime`` — the model exported to ONNX at load (opset 17, dynamic batch) and
   run by ONNX Runtime's CPU provider. fp32, so it must reproduce eager.
 * ``openvino`` — the same ONNX file compiled by OpenVINO for CPU, fp32. The fastest
-  fp32 forward measured (bench/backends.py, 2 cores: 1.35-1.45x ONNX Runtime when
-  the machine is quiet) and the one that suffers least when other work shares the
+  fp32 forward measured (bench/backends.py, 2 cores, batch 64: 1.3-1.6x ONNX Runtime,
+  medians of interleaved runs) and the one that suffers least when other work shares the
   cores (its two single-threaded streams keep going where OpenMP teams stall).
 * ``bf16`` — the torch model under CPU bfloat16 autocast (worth it only where the
   CPU has avx512_bf16/AMX; reduced precision).
@@ -120,8 +120,8 @@ class Bf16Backend(Backend):
     worker threads with one torch intra-op thread each, rather than by one OpenMP team
     of ``threads``: PhaseNet's small convolutions scale poorly within a team, and a
     team stalls at every barrier while one of its cores is taken by other work
-    (bench/backends.py, 2 cores: ``bf16`` 1.2x faster quiet, 3-4x under load; the
-    numbers are the same). Outputs are cast back to float32.
+    (bench/backends.py, 2 cores, batch 64: 1.2x as fast at the quietest repeats, 3-7x
+    in medians with other work on the machine; the numbers are the same). Outputs are cast back to float32.
     """
 
     name = "bf16"
@@ -200,10 +200,11 @@ class OpenVinoBackend(Backend):
     Compiled with ``PERFORMANCE_HINT = THROUGHPUT``: OpenVINO divides the ``threads``
     it is given into streams (two single-threaded streams for two threads) and each
     batch is split into as many parts, run at once; single-threaded convolutions
-    need no synchronisation, which made this 7-20 % faster than one stream of all
-    threads (bench/backends.py). ``INFERENCE_PRECISION_HINT`` is set to f32 because
+    need no synchronisation, which made this 1.1-1.4x as fast as one stream of all
+    threads (bench/backends.py, 2 cores). ``INFERENCE_PRECISION_HINT`` is set to f32 because
     OpenVINO's CPU default is bf16 wherever the CPU has avx512_bf16 or AMX. Pinning
     is off: the pipeline thread's numba kernels share the cores between forwards.
+    One forward at a time (the infer requests are reused), as a lane runs them.
     """
 
     name = "openvino"
