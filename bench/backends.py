@@ -16,6 +16,9 @@ Contenders (``--only`` selects by name):
 * ``bf16-team``        the same autocast on one OpenMP team of ``threads`` (rtpick's ``bf16`` before)
 * ``onnxruntime``      rtpick's ONNX Runtime session (no spinning between runs)
 * ``onnxruntime-spin`` the same with the intra-op pool spinning (ONNX Runtime's default)
+* ``onnxruntime-fp16`` ONNX Runtime on the model converted to fp16 (I/O fp32); ONNX Runtime
+                       has no bf16 convolution on CPU. (Its graph optimisation level is
+                       ORT_ENABLE_ALL by default, so rtpick's session already has it.)
 * ``openvino``         rtpick's OpenVINO fp32: THROUGHPUT hint, the batch split over its streams
 * ``openvino-latency`` the same with the LATENCY hint: one stream of ``threads`` threads
 * ``openvino-pinned``  ``openvino`` with its threads pinned to cores (OpenVINO's default)
@@ -71,6 +74,17 @@ def _ort_spinning(onnx: Path, threads: int) -> Forward:
     return lambda x: session.run(None, {"x": x.numpy()})[0]
 
 
+def _ort_fp16(onnx_path: Path, threads: int) -> Forward:
+    """ONNX Runtime on the ONNX file converted to fp16 (inputs and outputs kept fp32), rtpick's session options."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16 = onnx_path.with_name("fp16-" + onnx_path.name)
+    onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(fp16))
+    session = backends.OnnxBackend(torch.nn.Identity(), fp16, threads)
+    return session.forward
+
+
 def _openvino_static(model: torch.nn.Module, onnx: Path, threads: int, batch: int) -> Forward:
     """OpenVINO fp32 compiled for exactly ``batch`` windows (one stream); partial batches padded with zeros."""
     import openvino as ov
@@ -101,6 +115,7 @@ def contenders(model: torch.nn.Module, x: torch.Tensor, threads: int, cache: Pat
     built["bf16-team"] = backends.Bf16Backend(model, 1).forward  # one part, the caller's torch threads
     built["eager-frozen"] = _frozen(model, x)
     built["onnxruntime-spin"] = _ort_spinning(onnx, threads)
+    built["onnxruntime-fp16"] = _ort_fp16(onnx, threads)
     built["openvino-latency"] = ov(PERFORMANCE_HINT="LATENCY")
     built["openvino-pinned"] = ov(ENABLE_CPU_PINNING=True)
     built["openvino-static"] = _openvino_static(model, onnx, threads, len(x))
