@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import typing
 
 import numpy as np
@@ -135,8 +136,6 @@ def test_reduced_precision_keeps_f1(phasenet, cache_dir, name):
 
 
 def test_bf16_workers_run_single_threaded_and_keep_the_callers_threads(phasenet):
-    import threading
-
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
