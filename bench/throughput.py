@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--rss-stations", type=int, nargs="*", default=[100, 500])
     ap.add_argument("--rss-seconds", type=int, default=240)
     ap.add_argument("--buffer-seconds", type=float, default=120.0)
-    ap.add_argument("--backend", nargs="+", default=["eager", "onnxruntime", "bf16"], choices=["eager", "onnxruntime", "bf16"],
+    ap.add_argument("--backend", nargs="+", default=["eager", "onnxruntime", "bf16"], choices=["eager", "onnxruntime", "openvino", "bf16"],
                     help="inference backends to compare (each verified at load; a refused one runs eager and says so)")
     ap.add_argument("--device", default="cpu", help="torch device of rtpick, annotate and the raw forward")
     ap.add_argument("--forward-worker", nargs="+", default=["auto"], choices=["auto", "on", "off"],

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # that reads the option directly; set in the file, the option overrides the model.
 # config.example.toml shows these options commented out so copying it keeps them unset.
 FROM_MODEL: dict[str, Any] = {"from_model": True}
+# inference backends (rtpick.inference.backends.BACKENDS; not imported here: that module loads torch)
+BackendName = Literal["auto", "eager", "onnxruntime", "openvino", "bf16"]
 
 
 def explicitly_set(section: BaseModel, key: str) -> bool:
@@ -70,7 +72,7 @@ class InferenceConfig(Section):
     stacking: Literal["avg", "max"] = Field("avg", description="How overlapping window predictions are combined, as SeisBench 'stacking'. Unset = the model's default (PhaseNet avg, EQTransformer max).", json_schema_extra=FROM_MODEL)
     blinding_samples: tuple[int, int] = Field((0, 0), description="Prediction samples discarded at the start and end of each window, as SeisBench 'blinding'. Unset = the model's default (PhaseNet 0 0, EQTransformer 500 500).", json_schema_extra=FROM_MODEL)
     block_end: Literal["exact", "fast"] = Field("exact", description="'exact': hold picks back until a gap or end of data could no longer add SeisBench's end-aligned window (identical to annotate; up to one stride more latency). 'fast': lower latency, the end window only adds to samples not yet final.")
-    backend: Literal["auto", "eager", "onnxruntime", "bf16"] = Field("eager", description="How the model forward runs (CPU): 'eager' torch; 'onnxruntime' the model exported to ONNX (cached, keyed by the weights' sha256) and run by ONNX Runtime, fp32; 'bf16' torch bfloat16 autocast (reduced precision, CPUs with avx512_bf16 or AMX); 'auto' the fastest verified fp32 one, measured at load. Every non-eager backend is checked against eager at load (fp32 within 1e-4) and refused, with the reason logged, in favour of eager. Other devices run eager. See docs/operations.md (tuning).")
+    backend: BackendName = Field("eager", description="How the model forward runs (CPU): 'eager' torch; 'onnxruntime' the model exported to ONNX (cached, keyed by the weights' sha256) and run by ONNX Runtime, fp32; 'openvino' the same ONNX file compiled by OpenVINO, fp32 (fastest on CPU, steadiest under load); 'bf16' torch bfloat16 autocast (reduced precision, CPUs with avx512_bf16 or AMX); 'auto' the fastest verified fp32 one, measured at load. Every non-eager backend is checked against eager at load (fp32 within 1e-4) and refused, with the reason logged, in favour of eager. Other devices run eager. See docs/operations.md (tuning).")
     forward_worker: Literal["auto", "on", "off"] = Field("auto", description="Run the model forward on its own worker thread, with two alternating batch buffers (pinned host memory on CUDA), so the next batch is gathered while the current one runs: 'on', 'off', or 'auto' = on for CUDA devices, off on CPU (there the forward already uses every core given to it, and the hand-off only costs). Picks are the same either way. See docs/operations.md (tuning).")
     backend_cache_dir: str = Field("", description="Folder of exported ONNX models; empty = $CACHE_DIRECTORY (systemd CacheDirectory=), else $XDG_CACHE_HOME/rtpick, else ~/.cache/rtpick.")
 
@@ -200,7 +202,7 @@ class RegionConfig(Section):
     model: str | None = Field(None, description="Model spec as inference.model; unset = inference.model.")
     device: str | None = Field(None, description="torch device for this region's model; unset = inference.device.")
     batch_size: int | None = Field(None, ge=1, description="Maximum windows per forward pass of this region's model; unset = inference.batch_size.")
-    backend: Literal["auto", "eager", "onnxruntime", "bf16"] | None = Field(None, description="Inference backend of this region's model (as inference.backend); unset = inference.backend.")
+    backend: BackendName | None = Field(None, description="Inference backend of this region's model (as inference.backend); unset = inference.backend.")
     forward_worker: Literal["auto", "on", "off"] | None = Field(None, description="Forward on a worker thread for this region's model (as inference.forward_worker); unset = inference.forward_worker.")
     channels: list[str] | None = Field(None, description="Channel families this region picks on; unset = stream.channels.")
     thresholds: dict[str, float] | None = Field(None, description="Trigger threshold per phase; unset = picking.thresholds if set, else the model's default_args.")

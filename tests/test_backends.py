@@ -1,8 +1,8 @@
 """Inference backends: verified against eager at load, refused (eager) when they differ, pick quality kept.
 
 * A deliberately broken backend is refused with a logged reason and the lane runs eager.
-* ONNX Runtime (fp32) passes the spine's equivalence oracle unchanged: the oracle's
-  own tests are collected here again with a config that selects it.
+* ONNX Runtime and OpenVINO (fp32) pass the spine's equivalence oracle unchanged: the
+  oracle's own tests are collected here again with a config that selects each.
 * Reduced precision (bf16) changes P and S F1 on the NCEDC picks at 0.1 s and
   0.5 s tolerance by at most 0.5 point.
 """
@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import typing
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import torch
 
 from rtpick.adapt.datasets import load_npz
 from rtpick.adapt.evaluate import TOLERANCES_S, metrics, predict_peaks
-from rtpick.config import Config
+from rtpick.config import BackendName, Config
 from rtpick.inference import backends
 from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel
@@ -40,12 +42,12 @@ def loaded(phasenet) -> LoadedModel:
     return LoadedModel(phasenet, "seisbench:PhaseNet/original", "1", "0123456789abcdef" * 4)
 
 
-@pytest.fixture(scope="module")
-def config(cache_dir) -> Config:
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def config(request, cache_dir) -> Config:
     cfg = Config()
     cfg.stream.component_wait_s = 60.0
     cfg.inference.batch_size = 16
-    cfg.inference.backend = "onnxruntime"
+    cfg.inference.backend = request.param
     cfg.inference.backend_cache_dir = str(cache_dir)
     return cfg
 
@@ -77,14 +79,26 @@ def test_unbuildable_backend_falls_back_to_eager(phasenet, cache_dir, caplog):
     assert chosen.name == "eager" and "no bf16" in caplog.text
 
 
-def test_onnx_export_is_cached_by_sha256(phasenet, cache_dir):
-    engine = InferenceEngine(phasenet, {}, 1, backend="onnxruntime", sha256="cd" * 32, cache_dir=cache_dir)
-    assert engine.backend.name == "onnxruntime"
-    files = sorted(p.name for p in cache_dir.glob("cdcdcdcd*.onnx"))
-    assert files == [f"{'cd' * 8}-3001-fp32.onnx"]
-    mtime = (cache_dir / files[0]).stat().st_mtime_ns
-    InferenceEngine(phasenet, {}, 1, backend="onnxruntime", sha256="cd" * 32, cache_dir=cache_dir)
-    assert (cache_dir / files[0]).stat().st_mtime_ns == mtime  # reused, not exported again
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_onnx_export_is_cached_by_sha256(phasenet, tmp_path, name):
+    engine = InferenceEngine(phasenet, {}, 1, backend=name, sha256="cd" * 32, cache_dir=tmp_path)
+    assert engine.backend.name == name  # verified, not refused
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [f"{'cd' * 8}-3001-fp32.onnx"]  # OpenVINO compiles the same file: nothing else is written
+    mtime = (tmp_path / files[0]).stat().st_mtime_ns
+    InferenceEngine(phasenet, {}, 1, backend=name, sha256="cd" * 32, cache_dir=tmp_path)
+    assert (tmp_path / files[0]).stat().st_mtime_ns == mtime  # reused, not exported again
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_openvino_uses_at_most_its_threads_and_any_batch_size(phasenet, cache_dir, threads):
+    backend = backends.build("openvino", phasenet, "cd" * 32, threads, cache_dir)
+    assert backend.compiled.get_property("INFERENCE_NUM_THREADS") == threads
+    assert 1 <= len(backend.requests) <= threads  # streams share the threads, never add to them
+    x = backends.probe_batch(phasenet, 5)
+    with torch.inference_mode():
+        for n in (1, 2, 5):  # fewer windows than streams, and uneven splits
+            assert torch.allclose(backend.forward(x[:n]), phasenet(x[:n]), atol=backends.FP32_TOLERANCE, rtol=0)
 
 
 def test_auto_picks_a_verified_fp32_backend(phasenet, cache_dir):
@@ -119,6 +133,30 @@ def test_reduced_precision_keeps_f1(phasenet, cache_dir, name):
         for tol in TOLERANCES_S:
             f_ref, f_got = ref[phase][f"{tol:g}s"]["f1"], got[phase][f"{tol:g}s"]["f1"]
             assert abs(f_got - f_ref) <= 0.005, f"{name} {phase} F1@{tol:g}s: {f_got:.4f} vs eager {f_ref:.4f}"
+
+
+def test_bf16_workers_run_single_threaded_and_keep_the_callers_threads(phasenet):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend = backends.build("bf16", phasenet, "", 2, None)
+        assert set(backend.pool.map(lambda _: torch.get_num_threads(), range(4))) == {1}
+        assert torch.get_num_threads() == 2
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]  # threads created later still get the configured count
+        x = backends.probe_batch(phasenet, 5)
+        with torch.inference_mode():
+            for n in (1, 2, 5):
+                assert torch.allclose(backend.forward(x[:n]), phasenet(x[:n]), atol=backends.REDUCED_TOLERANCE, rtol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_config_offers_every_backend():
+    assert set(typing.get_args(BackendName)) == set(backends.BACKENDS)
 
 
 def test_probe_batch_is_deterministic(phasenet):

@@ -1,29 +1,41 @@
 """Inference backends: how a lane's model forward runs, chosen per lane and verified at load.
 
 A backend turns a preprocessed (batch, channels, samples) float32 tensor into the
-model's raw output (what ``annotate_batch_post`` takes). rtpick keeps three:
+model's raw output (what ``annotate_batch_post`` takes). rtpick keeps four:
 
 * ``eager`` — the torch model itself (the reference; always available).
 * ``onnxruntime`` — the model exported to ONNX at load (opset 17, dynamic batch) and
   run by ONNX Runtime's CPU provider. fp32, so it must reproduce eager.
+* ``openvino`` — the same ONNX file compiled by OpenVINO for CPU, fp32. The fastest
+  fp32 forward measured (bench/backends.py, 2 cores, batch 64: 1.3-1.6x ONNX Runtime,
+  medians of interleaved runs) and the one that suffers least when other work shares the
+  cores (its two single-threaded streams keep going where OpenMP teams stall).
 * ``bf16`` — the torch model under CPU bfloat16 autocast (worth it only where the
   CPU has avx512_bf16/AMX; reduced precision).
 
-Not kept: int8 static quantisation (ONNX Runtime QDQ, per-channel weights,
+Not kept: OpenVINO bf16 (``INFERENCE_PRECISION_HINT = bf16``) was slower than
+OpenVINO fp32 on the avx512_bf16 (no AMX) development CPU and differs from eager by
+0.04-0.16 in probability: OpenVINO folds the batch norms into bf16 convolution
+weights, which costs PhaseNet that much precision (torch autocast keeps them apart:
+0.02). int8 static quantisation (ONNX Runtime QDQ, per-channel weights,
 calibrated on the bundled Oklahoma recordings with min-max or percentile ranges,
 with or without the output layer) was only 1.2-1.5x faster than ONNX Runtime fp32
 on the 2-core development machine and changed P/S F1 on the NCEDC picks at 0.1 s by
 1.3-1.8 points (the limit is 0.5); torch dynamic quantisation does not touch
-PhaseNet (no Linear/LSTM layers).
+PhaseNet (no Linear/LSTM layers); OpenVINO int8 needs NNCF (a heavy dependency) and
+would meet the same accuracy limit. A TorchScript-frozen model (oneDNN fusions) was
+no faster than eager; an OpenVINO model compiled for a fixed batch size was faster
+on full batches only and pays a whole batch for every partial one.
 
-``auto`` measures eager and ONNX Runtime (the fp32 backends) on the probe batch at
-load and keeps the faster verified one.
+``auto`` measures eager, ONNX Runtime and OpenVINO (the fp32 backends) on the probe
+batch at load and keeps the fastest verified one.
 
 Exported models are cached on disk, keyed by the weights' sha256, the window length
 (``<cache>/<sha256[:16]>-<in_samples>-fp32.onnx``; written to a
-temporary file and renamed, so concurrent daemons never read half a file). Delete the
-folder to force a new export. A cache that cannot be written only costs the export
-time at every start (logged).
+temporary file and renamed, so concurrent daemons never read half a file); OpenVINO
+compiles that same file at load (a fraction of a second), so it writes nothing of
+its own. Delete the folder to force a new export. A cache that cannot be written
+only costs the export time at every start (logged).
 
 Verification (every non-eager backend, at load): a seeded probe batch (noise with
 wavelets and a gap, preprocessed like live windows) is run through eager and the
@@ -32,13 +44,21 @@ equivalence contract), reduced precision within ``REDUCED_TOLERANCE`` of output
 probability. A backend that fails to build or to verify is refused with the reason
 logged as a warning, and the lane runs eager.
 
-Threads: torch uses ``inference.threads`` intra-op threads; ONNX Runtime sessions
-get the same number of intra-op threads, one inter-op thread and no spinning
-between runs (``session.intra_op.allow_spinning = 0``: an idle pool would otherwise
-busy-wait on the cores the pipeline thread needs next); rtpick's numba kernels are
-serial (no ``parallel=True``) and run on the pipeline thread between forwards. So
-the forward never has more than ``threads`` busy threads and nothing else computes
-while it runs: set ``threads`` to the cores you give the daemon.
+Threads: never more busy threads than ``inference.threads``, and nothing else
+computes while the forward runs:
+
+* torch (eager, bf16, and the pre/post hooks of every backend) uses ``threads``
+  intra-op OpenMP threads.
+* ONNX Runtime sessions get ``threads`` intra-op threads, one inter-op thread and no
+  spinning between runs (``session.intra_op.allow_spinning = 0``: an idle pool would
+  otherwise busy-wait on the cores the pipeline thread needs next).
+* OpenVINO gets ``INFERENCE_NUM_THREADS = threads`` in all (its TBB pool, shared by
+  its streams: two threads make two single-threaded streams, one thread one), no
+  pinning to cores, and its idle workers sleep (measured: no CPU time between runs).
+* rtpick's numba kernels are serial (no ``parallel=True``) and run on the pipeline
+  thread between forwards; the forward call blocks that thread until it returns.
+
+So set ``threads`` to the cores you give the daemon.
 """
 
 from __future__ import annotations
@@ -46,8 +66,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,8 +78,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "onnxruntime", "bf16")
-FP32 = ("eager", "onnxruntime")
+BACKENDS = ("auto", "eager", "onnxruntime", "openvino", "bf16")
+FP32 = ("eager", "onnxruntime", "openvino")
 FP32_TOLERANCE = 1e-4
 REDUCED_TOLERANCE = 0.05  # max |probability difference| on the probe batch for bf16
 ONNX_OPSET = 17
@@ -92,14 +114,59 @@ class Backend:
 
 
 class Bf16Backend(Backend):
-    """The torch model under bfloat16 autocast (CPU); outputs cast back to float32."""
+    """The torch model under bfloat16 autocast (CPU), each batch split over single-threaded workers.
+
+    With ``threads`` > 1 the batch is cut into ``threads`` parts run at once by as many
+    worker threads with one torch intra-op thread each, rather than by one OpenMP team
+    of ``threads``: PhaseNet's small convolutions scale poorly within a team, and a
+    team stalls at every barrier while one of its cores is taken by other work
+    (bench/backends.py, 2 cores, batch 64: 1.2x as fast at the quietest repeats, 3-7x
+    in medians with other work on the machine; the numbers are the same). Outputs are cast back to float32.
+    """
 
     name = "bf16"
 
-    def forward(self, x: torch.Tensor) -> Any:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+    def __init__(self, model: torch.nn.Module, threads: int = 1):
+        super().__init__(model)
+        self.pool = _single_threaded_workers(threads) if threads > 1 else None
+        self.parts = threads
+
+    def _run(self, x: torch.Tensor) -> Any:
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16):  # both are per thread
             y = self.model(x)
         return tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.pool is None or len(x) < 2:
+            return self._run(x)
+        outs = list(self.pool.map(self._run, x.chunk(self.parts)))
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+
+
+def _single_threaded_workers(n: int) -> ThreadPoolExecutor:
+    """``n`` started worker threads whose torch ops use one intra-op thread each.
+
+    torch keeps the intra-op thread count per thread, but a thread takes its first value
+    from a process-wide default that ``torch.set_num_threads`` also sets: each worker
+    initialises its own first, then sets 1, and the caller's count is set again once
+    all workers are ready, so threads created later still get ``inference.threads``.
+    """
+    restore = torch.get_num_threads()
+    ready = threading.Barrier(n + 1)
+
+    def init() -> None:
+        torch.get_num_threads()  # this thread's lazy initialisation, from the default
+        torch.set_num_threads(1)
+        ready.wait()
+
+    pool = ThreadPoolExecutor(n, thread_name_prefix="rtpick-bf16", initializer=init)
+    for _ in range(n):  # each submit starts a worker while the others wait at the barrier
+        pool.submit(lambda: None)
+    ready.wait()
+    torch.set_num_threads(restore)
+    return pool
 
 
 class OnnxBackend(Backend):
@@ -124,6 +191,45 @@ class OnnxBackend(Backend):
     def forward(self, x: torch.Tensor) -> Any:
         outs = [torch.from_numpy(o) for o in self.session.run(None, {self.input: x.detach().cpu().numpy()})]
         outs = [o.to(x.device) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+class OpenVinoBackend(Backend):
+    """The exported ONNX model compiled by OpenVINO for CPU in fp32, each batch split over its streams.
+
+    Compiled with ``PERFORMANCE_HINT = THROUGHPUT``: OpenVINO divides the ``threads``
+    it is given into streams (two single-threaded streams for two threads) and each
+    batch is split into as many parts, run at once; single-threaded convolutions
+    need no synchronisation, which made this 1.1-1.4x as fast as one stream of all
+    threads (bench/backends.py, 2 cores). ``INFERENCE_PRECISION_HINT`` is set to f32 because
+    OpenVINO's CPU default is bf16 wherever the CPU has avx512_bf16 or AMX. Pinning
+    is off: the pipeline thread's numba kernels share the cores between forwards.
+    One forward at a time (the infer requests are reused), as a lane runs them.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model: torch.nn.Module, path: Path, threads: int, properties: dict[str, Any] | None = None):
+        """``properties``: OpenVINO CPU properties over the defaults above (bench/backends.py compares variants)."""
+        import openvino as ov
+
+        super().__init__(model)
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False, **(properties or {})})
+        self.compiled = compiled
+        self.requests = [compiled.create_infer_request() for _ in range(int(compiled.get_property("NUM_STREAMS")))]
+
+    def forward(self, x: torch.Tensor) -> Any:
+        batch = x.detach().cpu().numpy()
+        parts = np.array_split(batch, min(len(self.requests), len(batch)))
+        running = list(zip(self.requests, parts))
+        for request, part in running:
+            request.start_async({0: part}, share_inputs=True)
+        for request, _ in running:
+            request.wait()
+        outs = [torch.from_numpy(np.concatenate([r.get_output_tensor(i).data for r, _ in running])).to(x.device)
+                for i in range(len(self.requests[0].model_outputs))]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -174,9 +280,11 @@ def build(name: str, model: torch.nn.Module, sha256: str, threads: int, cache_di
         if name == "eager":
             return Backend(model)
         if name == "bf16":
-            return Bf16Backend(model)
+            return Bf16Backend(model, threads)
         if name == "onnxruntime":
             return OnnxBackend(model, _cached(model, sha256, cache_dir), threads)
+        if name == "openvino":
+            return OpenVinoBackend(model, _cached(model, sha256, cache_dir), threads)
     except Exception as exc:  # noqa: BLE001 - any failure to build is a refusal with its reason
         raise BackendError(f"cannot build backend {name!r}: {exc!r}") from exc
     raise BackendError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
@@ -228,7 +336,7 @@ def select(name: str, model: torch.nn.Module, sha256: str, threads: int, cache_d
     if device != "cpu":
         log.info("%sbackend %r is CPU-only; device %s runs eager", where, name, device)
         return Backend(model)
-    candidates = ["onnxruntime"] if name == "auto" else [name]
+    candidates = ["onnxruntime", "openvino"] if name == "auto" else [name]
     probe = probe_batch(model)
     eager = Backend(model)
     with torch.inference_mode():
