@@ -17,7 +17,7 @@ machine's cores with the daemon, as a co-located SeedLink server would; its guar
 of 1,024 STATION requests per session is raised here, since rtpick asks for every
 station of one session by name (per-station resume). Prints, asserts nothing.
 
-    .venv/bin/python bench/scale.py --steps 500 1000 2000 3000 --minutes 10 --backend onnxruntime
+    .venv/bin/python bench/scale.py --steps 500 1000 2000 3000 --minutes 10 --backend openvino
     .venv/bin/python bench/scale.py --steps 200 --minutes 2 --backend eager onnxruntime   # short check
 """
 
@@ -100,7 +100,7 @@ def step(stations: int, backend: str, args, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 2000, 3000], help="station counts, tried in order")
-    ap.add_argument("--backend", nargs="+", default=["onnxruntime"], choices=["eager", "onnxruntime", "bf16"])
+    ap.add_argument("--backend", nargs="+", default=["openvino"], choices=["eager", "onnxruntime", "openvino", "bf16"])
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes per step (the issue asks for 10)")
     ap.add_argument("--threads", type=int, default=2, help="inference threads of the daemon")
     ap.add_argument("--interval-s", type=float, default=5.0, help="seconds between lag samples")

@@ -294,7 +294,9 @@ class PipelineCollector(Collector):
         for key, values in state.items():
             station_age = now - values["last_arrival"] if values["last_arrival"] else float("inf")
             live += station_age <= self.live_after_s
-            row = (station_age, now - values["last_data_ns"] / NS_PER_S, values["fill"])
+            # a station just created has no data yet (its first record is being processed): no lag to report
+            station_lag = now - values["last_data_ns"] / NS_PER_S if values["last_data_ns"] else 0.0
+            row = (station_age, station_lag, values["fill"])
             label = self.labels(key)
             prev = worst.get(label)
             worst[label] = row if prev is None else tuple(max(a, b) for a, b in zip(prev, row))

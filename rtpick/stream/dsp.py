@@ -21,6 +21,7 @@ to a few percent of the model forward.
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -319,6 +320,19 @@ def _response(kind: str, fs_in: float, fs_out: float):
     return lambda f: np.where(f < min(0.5, nyq_out), 0.5 * (1.0 + np.cos(np.pi * f / 0.5)), 0.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _filter_table(up: int, down: int, response: str, fs_in: float, fs_out: float, half: int, beta: float) -> np.ndarray:
+    """The (read-only) polyphase table of one rate pair, designed once per process.
+
+    Designing takes milliseconds and a segment starts at every gap: without the
+    cache, a network of resampled channels coming back from an outage (or a looped
+    replay) spends its time designing the same filters again.
+    """
+    table = _design_table(up, down, _response(response, fs_in, fs_out), half, beta)
+    table.setflags(write=False)
+    return table
+
+
 def _design_table(up: int, down: int, response, half: int, beta: float) -> np.ndarray:
     """Polyphase table (phases x taps) of the Kaiser-truncated impulse response of ``response``.
 
@@ -388,7 +402,7 @@ class Resampler:
         ratio = resample_ratio(fs_in, fs_out)
         self.up, self.down = ratio.numerator, ratio.denominator
         self.half = int(np.ceil(zero_crossings * max(1.0, self.down / self.up)))
-        self.table = _design_table(self.up, self.down, _response(response, fs_in, fs_out), self.half, beta)
+        self.table = _filter_table(self.up, self.down, response, float(fs_in), float(fs_out), self.half, beta)
         self._hist = np.zeros(0, dtype=np.float32)
         self._hist_start = 0  # absolute input index of _hist[0]
         self.n_in = 0  # input samples received
