@@ -165,8 +165,7 @@ class Pipeline:
         A record that continues its channel exactly is *staged* (accepted, written
         later): a station's staged records are written and scanned together once
         its slowest component reaches the end of its next window (or ``poll``,
-        ``drain``, ``flush``, ``resume_points`` or an irregular record of the station
-        comes first). Windows, stacked values and picks are the same as writing each
+        ``drain``, ``flush`` or an irregular record of the station comes first). Windows, stacked values and picks are the same as writing each
         record at once; picks may come out a few records later within a burst, never
         later than the next ``poll`` (the daemon polls whenever its input queue is empty).
 

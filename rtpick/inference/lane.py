@@ -120,9 +120,6 @@ def component_map(order: str) -> dict[str, int]:
     return mapping
 
 
-# What a swapped-in model must keep: the stations' buffers, window grid and stacked sums depend on it.
-
-
 class Lane:
     """One region's model and the stations it serves (see the module docstring).
 

@@ -221,15 +221,14 @@ class ChannelFeed:
         self.staged_arrival = now
         return True
 
-    def commit(self) -> bool:
-        """Write the staged samples (one ring write); returns whether there were any."""
+    def commit(self) -> None:
+        """Write the staged samples, if any (one ring write)."""
         staged = self.staged
         if not staged:
-            return False
+            return
         values = np.concatenate(staged, dtype=np.float32, casting="unsafe") if len(staged) > 1 else np.asarray(staged[0], dtype=np.float32)
         self.staged = []
         self._write(values)
-        return True
 
     def _extend(self, n: int) -> None:
         """The open segment grows by ``n`` native samples: where the next contiguous record must start."""
