@@ -446,18 +446,20 @@ class Pipeline:
             self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
             return False
         rate = record.sampling_rate
-        fs = feed.group.owner.lane.fs  # type: ignore[attr-defined]
-        if rate != fs and not (rate == feed.sampling_rate and feed.sampling_rate > 0):  # a segment's rate was checked at its start
-            try:
-                dsp.resample_ratio(float(rate), fs)
-            except (TypeError, ValueError) as exc:
-                self._reject(record.stream_id, "unsupported_sampling_rate", f"unsupported sampling rate: {exc}")
-                return False
+        if not (rate == feed.sampling_rate and rate > 0):  # a segment's rate was checked at its start
+            fs = feed.group.owner.lane.fs  # type: ignore[attr-defined]
+            if rate != fs:
+                try:
+                    dsp.resample_ratio(float(rate), fs)
+                except (TypeError, ValueError) as exc:
+                    self._reject(record.stream_id, "unsupported_sampling_rate", f"unsupported sampling rate: {exc}")
+                    return False
         samples = record.samples
-        if samples.ndim != 1 or samples.dtype.kind not in "iuf":
+        kind = samples.dtype.kind
+        if samples.ndim != 1 or kind not in "iuf":
             self._reject(record.stream_id, "bad_samples", f"samples of dtype {samples.dtype} shape {samples.shape}")
             return False
-        if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+        if kind == "f" and not np.isfinite(samples).all():
             self._reject(record.stream_id, "non_finite", "NaN or infinite samples")
             return False
         return len(samples) > 0

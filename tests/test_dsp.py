@@ -193,24 +193,37 @@ def test_resampler_rejects_irrational_ratio():
 @pytest.mark.parametrize("first", [0, 7, 95, 100, 1234])
 def test_ring_put_wraps_like_modular_indexing(first):
     cap = 100
-    data = np.zeros(cap, dtype=np.float32)
-    have = np.zeros(cap, dtype=np.bool_)
+    data = np.zeros((3, cap), dtype=np.float32)
+    have = np.zeros((3, cap), dtype=np.bool_)
     values = np.arange(1, 41, dtype=np.float32)
-    dsp.ring_put(data, have, first, values)
+    dsp.ring_put(data, have, 1, first, values)
     idx = (first + np.arange(40)) % cap
-    assert np.array_equal(data[idx], values) and have[idx].all() and have.sum() == 40
+    assert np.array_equal(data[1, idx], values) and have[1, idx].all() and have.sum() == 40 and not data[[0, 2]].any()
 
 
-def test_ring_first_finds_block_edges_across_the_wrap():
+@pytest.mark.parametrize("cap", [64, 1000])  # 1000: the scan's chunks of 256 samples, and a wrap inside one
+def test_ring_first_finds_block_edges_across_the_wrap(cap):
     rng = np.random.default_rng(3)
-    cap = 64
     have = rng.random((3, cap)) < 0.15
     have[:, 10:20] = True
     covered = have.any(axis=0)
-    for start in (0, 5, 50, 63, 64 * 7 + 30):
+    for start in (0, 5, 50, cap - 1, cap * 7 + 30, cap - 300):
         for stop in (start, start + 1, start + 20, start + cap):
             seq = covered[np.arange(start, stop) % cap]
             for want in (True, False):
                 hits = np.flatnonzero(seq == want)
                 expected = int(hits[0]) if hits.size else stop - start
                 assert dsp.ring_first(have, start, stop, want) == expected, (start, stop, want)
+
+
+def test_ring_first_finds_an_edge_past_whole_chunks():
+    cap = 1000
+    have = np.ones((3, cap), dtype=np.bool_)
+    have[:, 700] = False  # the only hole
+    assert dsp.ring_first(have, 0, cap, False) == 700
+    assert dsp.ring_first(have, 800, 800 + cap, False) == 900  # across the wrap
+    assert dsp.ring_first(have, 701, 1699, False) == cap - 2  # none: the whole range
+    have[:] = False
+    have[2, 901] = True  # one component's only sample
+    assert dsp.ring_first(have, 0, cap, True) == 901
+    assert dsp.ring_first(have, 950, 950 + cap, True) == cap - 49

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from obspy.signal.trigger import trigger_onset
 
-from rtpick.picking.extract import TriggerPicker
+from rtpick.picking.extract import PhasePickers, TriggerPicker
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -36,3 +36,27 @@ def test_trigger_open_at_block_end_closes_at_last_sample():
     (trig,) = picker.close()
     assert (trig.start, trig.end, trig.peak) == (11, 13, 12)
     assert picker.close() == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_station_pickers_scan_all_phases_like_one_picker_each(seed):
+    """One call for all phases (with per-phase skips of a resumed block) gives each phase's own triggers, in class order."""
+    rng = np.random.default_rng(seed)
+    values = np.clip(np.stack([np.convolve(rng.random(3000) ** 8, np.hanning(40), "same") / 4 for _ in range(3)]), 0, 1)
+    thresholds = {0: 0.3, 2: 0.2}
+    station = PhasePickers(thresholds)
+    single = {k: TriggerPicker(thr) for k, thr in thresholds.items()}
+    expected, got, i = [], [], 0
+    skips = {0: 17, 2: 0}
+    while i < values.shape[1]:
+        n = int(rng.integers(1, 700))
+        for k, picker in single.items():
+            skip = min(skips[k], n) if i == 0 else 0
+            expected += [(k, t) for t in picker.scan(values[k, i + skip:i + n], 500 + i + skip)]
+        got += station.scan(values[:, i:i + n], 500 + i, skips if i == 0 else None)
+        i += n
+    assert got and got == expected
+    assert all(station[k].open_since == single[k].open_since for k in thresholds)
+    station[2].threshold = 0.25  # a reload changes a threshold in place
+    station.reset()  # a restart forgets trigger state, not thresholds
+    assert [station[k].threshold for k in thresholds] == [0.3, 0.25] and all(station[k].open_since is None for k in thresholds)

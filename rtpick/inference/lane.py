@@ -43,7 +43,7 @@ from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel
 from rtpick.inference.regions import LaneSpec
 from rtpick.picking.early import EarlyBook, OpenPick, tip_triggers
-from rtpick.picking.extract import TriggerPicker
+from rtpick.picking.extract import PhasePickers
 from rtpick.stream import dsp
 from rtpick.stream.buffers import ChannelFeed, GroupBuffer, RingPool, grid_ns
 from rtpick.stream.windows import Block, Window, WindowScheduler
@@ -65,7 +65,7 @@ class Station:
     scheduler: WindowScheduler
     acc: np.ndarray  # stacked prediction sums (classes, capacity)
     cnt: np.ndarray  # windows stacked per sample (classes, capacity)
-    pickers: dict[int, TriggerPicker]  # class index -> picker
+    pickers: PhasePickers  # class index -> picker
     feeds: list[ChannelFeed] = field(default_factory=list)  # the station's channels
     pick_id: str = ""  # NET.STA.LOC.CHA named on picks: the vertical channel when there is one
     arrivals: deque = field(default_factory=deque)  # (frontier index, wall time) of recent records
@@ -191,7 +191,7 @@ class Lane:
             scheduler=scheduler,
             acc=np.zeros((n_classes, self.capacity), dtype=self.pool.acc.dtype),
             cnt=np.zeros((n_classes, self.capacity), dtype=self.pool.cnt.dtype),
-            pickers={i: TriggerPicker(self.thresholds[label]) for i, label in enumerate(self.labels) if label in self.thresholds},
+            pickers=PhasePickers({i: self.thresholds[label] for i, label in enumerate(self.labels) if label in self.thresholds}),
             early=EarlyBook(self.match_samples) if self.early_on else None,
         )
         station.buffer.owner = station  # type: ignore[attr-defined]
@@ -211,8 +211,7 @@ class Lane:
         station.scheduler.reset()
         station.acc[:] = 0.0
         station.cnt[:] = 0
-        for picker in station.pickers.values():
-            picker.state[:] = 0.0
+        station.pickers.reset()
         if station.early is not None:
             for gone in station.early.clear():  # no final can come for them: the data restarts
                 self._retract(station, gone)
@@ -399,13 +398,13 @@ class Lane:
                 dsp.take_stacked(station.acc, station.cnt, block.picked_to, final_to, self.use_max, values)
                 if tap is not None:
                     tap(station.key, block.picked_to, values)
-                for k, picker in station.pickers.items():
-                    skip = 0
-                    if block.pick_from is not None:  # resumed block: this phase was picked up to here
-                        skip = min(max(0, block.pick_from.get(self.labels[k], 0) - block.picked_to), values.shape[1])
-                    for trig in picker.scan(values[k, skip:], block.picked_to + skip):
-                        self._emit(station, block, k, trig)
-                    if station.early is not None:  # preliminaries no later final can match any more
+                skips = None
+                if block.pick_from is not None:  # resumed block: each phase was picked up to its own index
+                    skips = {k: block.pick_from.get(self.labels[k], 0) - block.picked_to for k in station.pickers}
+                for k, trig in station.pickers.scan(values, block.picked_to, skips):
+                    self._emit(station, block, k, trig)
+                if station.early is not None:  # preliminaries no later final can match any more
+                    for k, picker in station.pickers.items():
                         since = picker.open_since
                         for gone in station.early.expire(self.labels[k], final_to if since is None else since):
                             self._retract(station, gone)

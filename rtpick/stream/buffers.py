@@ -80,7 +80,8 @@ class GroupBuffer:
         end = start + n
         if filled is not None and first > filled:
             self._clear(component, filled, first)
-        self._put(component, first, samples[skip:])
+        values = samples[skip:] if end - first <= self.capacity else samples[end - self.capacity - start:]  # only the newest capacity samples fit
+        ring_put(self.data, self.have, component, end - len(values), values)
         if self.first_index is None:
             self.first_index = first
         self.filled_to[component] = end
@@ -98,15 +99,6 @@ class GroupBuffer:
         if len(self.segments) > 64:  # keep only what can still overlap unfinished blocks
             horizon = self.floor - self.capacity
             self.segments = [s for s in self.segments if s.last >= horizon][-64:]
-
-    def _put(self, component: int, first: int, values: np.ndarray) -> None:
-        cap = self.capacity
-        n = len(values)
-        if n > cap:  # only the newest capacity samples can be kept
-            values = values[-cap:]
-            first += n - cap
-            n = cap
-        ring_put(self.data[component], self.have[component], first, values)
 
     def _clear(self, component: int, first: int, end: int) -> None:
         n = end - first

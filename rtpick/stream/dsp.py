@@ -243,20 +243,20 @@ def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - num
 
 
 @numba.njit(cache=True, nogil=True)
-def ring_put(data, have, first, values):  # pragma: no cover - numba
-    """Write ``values`` into one component's ring (``data``/``have`` of shape (capacity,)) from absolute index ``first``.
+def ring_put(data, have, component, first, values):  # pragma: no cover - numba
+    """Write ``values`` into component ``component`` of a station's ring (``data``/``have`` of shape (components, capacity)) from absolute index ``first``.
 
     ``len(values)`` must not exceed the capacity (the caller keeps the newest samples).
     """
-    cap = data.shape[0]
+    cap = data.shape[1]
     i0 = first % cap
     k = min(values.shape[0], cap - i0)
-    data[i0:i0 + k] = values[:k]
-    have[i0:i0 + k] = True
+    data[component, i0:i0 + k] = values[:k]
+    have[component, i0:i0 + k] = True
     rest = values.shape[0] - k
     if rest > 0:
-        data[:rest] = values[k:]
-        have[:rest] = True
+        data[component, :rest] = values[k:]
+        have[component, :rest] = True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -271,12 +271,23 @@ def ring_first(have, start, stop, want):  # pragma: no cover - numba
     for piece in range(2):
         lo = i0 if piece == 0 else 0
         hi = min(cap, i0 + n) if piece == 0 else i0 + n - cap
-        for j in range(lo, hi):
-            covered = False
-            for c in range(have.shape[0]):
-                covered |= have[c, j]
-            if covered == want:
-                return j - lo + (0 if piece == 0 else cap - i0)
+        j0 = lo
+        while j0 < hi:
+            j1 = min(hi, j0 + 256)
+            hits = 0  # branch-free count over a chunk (vectorises); the exact index only in a chunk that has one
+            for j in range(j0, j1):
+                covered = False
+                for c in range(have.shape[0]):
+                    covered |= have[c, j]
+                hits += covered == want
+            if hits:
+                for j in range(j0, j1):
+                    covered = False
+                    for c in range(have.shape[0]):
+                        covered |= have[c, j]
+                    if covered == want:
+                        return j - lo + (0 if piece == 0 else cap - i0)
+            j0 = j1
     return n
 
 
