@@ -33,7 +33,9 @@ is 0.9x as fast as its frozen trace, max |diff| 0.060, mean 1.2e-4 (the trace: 0
 1.8e-4); the whole model cast to bfloat16 and frozen is as fast as the trace but runs
 batch norms and softmax in bfloat16 too (0.093, 2.2e-4; 0.08 on 64 windows, beyond the
 tolerance); folding the batch norms into the convolution weights by hand made it 2.5x
-slower.
+slower, and so did (1.7x) oneDNN Graph fusion (``torch.jit.enable_onednn_fusion``);
+convolution weights in channels-last order spare oneDNN its reorders (a third of its
+time) but cost more in the batch norms, pads and concatenations (1.3x slower).
 
 ``auto`` measures eager, ONNX Runtime and OpenVINO (the fp32 backends) on the probe
 batch at load and keeps the fastest verified one.
