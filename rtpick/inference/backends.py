@@ -132,9 +132,9 @@ class Bf16Backend(Backend):
     float32 statistics) without re-casting the weights and walking the Python modules
     at every forward, 1.1x as fast as autocast itself. A model that cannot be traced,
     or whose trace does not give the model's output for other batch sizes, runs under
-    autocast instead (a logged warning): still bfloat16, verified like the trace, so
-    asking for ``bf16`` never costs the speed of eager. EQTransformer is one (oneDNN
-    has no bfloat16 LSTM for the traced graph).
+    autocast instead, with a logged warning (EQTransformer: oneDNN has no bfloat16 LSTM
+    for the traced graph): still bfloat16 and verified like the trace, so asking for
+    ``bf16`` does not cost the speed of eager.
 
     With ``threads`` > 1 the batch is cut into ``threads`` parts run at once by as many
     worker threads with one torch intra-op thread each, rather than by one OpenMP team
@@ -180,10 +180,11 @@ def _frozen_bf16(model: torch.nn.Module) -> torch.jit.ScriptModule:
     Autocast's weight cache is off while tracing (cached casts would enter the graph
     as constants that require grad). ``optimize_for_inference`` on top adds nothing
     here: its oneDNN rewrites are for float32 convolutions (measured: the same speed).
-    A trace records one path through the model with the traced batch size wherever the
-    code turned a shape into a Python number, so it is run on batches of one and three
-    windows and compared with the float32 model (within ``REDUCED_TOLERANCE``):
-    partial batches are the rule in streaming. Raises when tracing fails or the check does.
+    A trace is one run of the code: wherever the model turns a shape into a Python
+    number, the traced batch size stays in the graph. Partial batches are the rule in
+    streaming, so the trace is run on batches of one and three windows and compared
+    with the float32 model (within ``REDUCED_TOLERANCE``). Raises when tracing fails or
+    the check does.
     """
     probe = probe_batch(model, 3)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -192,8 +193,7 @@ def _frozen_bf16(model: torch.nn.Module) -> torch.jit.ScriptModule:
             traced = torch.jit.freeze(torch.jit.trace(model, probe[:2]))
     with torch.inference_mode():
         for n in (1, 3):
-            got, want = _output(traced(probe[:n])), _output(model(probe[:n]))
-            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape and np.isfinite(got).all() else float("inf")
+            diff = _max_diff(_output(traced(probe[:n])), _output(model(probe[:n])))
             if not diff <= REDUCED_TOLERANCE:
                 raise BackendError(f"the model traced on 2 windows differs from it by {diff:.3g} on {n} (tolerance {REDUCED_TOLERANCE:g})")
     return traced
@@ -349,6 +349,13 @@ def _output(y: Any) -> np.ndarray:
     return np.concatenate([p.detach().float().cpu().numpy().ravel() for p in parts])
 
 
+def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
+    """Max |got - want|; infinite where the shapes differ or ``got`` is not finite (never within a tolerance)."""
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float(np.max(np.abs(got - want)))
+
+
 def verify(backend: Backend, reference: np.ndarray, probe: torch.Tensor) -> float:
     """Max |diff| of ``backend`` to the eager ``reference`` on ``probe``; BackendError beyond its tolerance."""
     tolerance = FP32_TOLERANCE if backend.name in FP32 else REDUCED_TOLERANCE
@@ -359,7 +366,7 @@ def verify(backend: Backend, reference: np.ndarray, probe: torch.Tensor) -> floa
         raise BackendError(f"backend {backend.name!r} failed on the probe batch: {exc!r}") from exc
     if out.shape != reference.shape:
         raise BackendError(f"backend {backend.name!r} gave {out.size} output values on the probe batch, eager {reference.size}")
-    diff = float(np.max(np.abs(out - reference))) if np.isfinite(out).all() else float("inf")
+    diff = _max_diff(out, reference)
     if not diff <= tolerance:
         raise BackendError(f"backend {backend.name!r} differs from eager by {diff:.3g} on the probe batch (tolerance {tolerance:g})")
     return diff
