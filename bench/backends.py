@@ -11,9 +11,10 @@ Contenders (``--only`` selects by name):
 
 * ``eager``            torch fp32, the reference
 * ``eager-frozen``     torch.jit.trace + freeze + optimize_for_inference (oneDNN fusions)
-* ``bf16``             rtpick's ``bf16``: torch bfloat16 autocast, the batch split over ``threads``
-                       single-threaded workers
-* ``bf16-team``        the same autocast on one OpenMP team of ``threads`` (rtpick's ``bf16`` before)
+* ``bf16``             rtpick's ``bf16``: the model traced under torch bfloat16 autocast and frozen
+                       (TorchScript), the batch split over ``threads`` single-threaded workers
+* ``bf16-autocast``    the same split, the model run under autocast untraced (``bf16`` before)
+* ``bf16-team``        the frozen trace on one OpenMP team of ``threads`` (``bf16`` before the split)
 * ``onnxruntime``      rtpick's ONNX Runtime session (no spinning between runs)
 * ``onnxruntime-spin`` the same with the intra-op pool spinning (ONNX Runtime's default)
 * ``onnxruntime-fp16`` ONNX Runtime on the model converted to fp16 (I/O fp32); ONNX Runtime
@@ -112,6 +113,7 @@ def contenders(model: torch.nn.Module, x: torch.Tensor, threads: int, cache: Pat
         return backends.OpenVinoBackend(model, onnx, threads, properties).forward
 
     built = {name: backends.build(name, model, sha, threads, cache).forward for name in ("eager", "bf16", "onnxruntime", "openvino")}
+    built["bf16-autocast"] = backends.Bf16Backend(model, threads, frozen=False).forward
     built["bf16-team"] = backends.Bf16Backend(model, 1).forward  # one part, the caller's torch threads
     built["eager-frozen"] = _frozen(model, x)
     built["onnxruntime-spin"] = _ort_spinning(onnx, threads)

@@ -155,6 +155,50 @@ def test_bf16_workers_run_single_threaded_and_keep_the_callers_threads(phasenet)
         torch.set_num_threads(before)
 
 
+def test_bf16_frozen_trace_serves_every_batch_size_and_both_workers(phasenet):
+    """Traced on two windows, the frozen module serves partial batches; the two workers share it safely."""
+    before = torch.get_num_threads()
+    backend = backends.build("bf16", phasenet, "", 2, None)
+    assert backend.traced is not None, "PhaseNet fell back to autocast"
+    x = backends.probe_batch(phasenet, 64)
+    try:
+        with torch.inference_mode():
+            for n in (1, 7, 33, 64):
+                got = backend.forward(x[:n])
+                assert got.dtype == torch.float32 and got.shape == (n, 3, 3001)
+                assert torch.allclose(got, phasenet(x[:n]), atol=backends.REDUCED_TOLERANCE, rtol=0)
+                if n > 1:  # split: equal to the parts run one after the other, single-threaded like the workers
+                    torch.set_num_threads(1)
+                    assert torch.equal(got, torch.cat([backend._run(part) for part in x[:n].chunk(2)])), n
+                    torch.set_num_threads(before)
+    finally:
+        torch.set_num_threads(before)
+
+
+class _BatchBaked(torch.nn.Module):
+    """A model whose trace keeps the traced batch size (a shape turned into a Python int)."""
+
+    in_samples, component_order = 200, "ZNE"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(3, 3, 5, padding=2)
+
+    def forward(self, x):
+        return torch.sigmoid(0.01 * self.conv(x)) * torch.ones(int(x.shape[0]), 1, 1)  # 0.01: the raw probe is large
+
+
+def test_bf16_runs_autocast_when_the_trace_does_not_generalise(cache_dir, caplog):
+    model = _BatchBaked().eval()
+    with caplog.at_level(logging.WARNING, logger="rtpick.inference.backends"):
+        chosen = backends.select("bf16", model, "ab" * 32, 2, cache_dir)
+    assert chosen.name == "bf16" and chosen.traced is None  # verified under autocast, not refused
+    assert "no usable frozen trace of the model" in caplog.text and "running it under autocast instead" in caplog.text
+    x = backends.probe_batch(model, 5)
+    with torch.inference_mode():
+        assert torch.allclose(chosen.forward(x), model(x), atol=backends.REDUCED_TOLERANCE, rtol=0)
+
+
 def test_config_offers_every_backend():
     assert set(typing.get_args(BackendName)) == set(backends.BACKENDS)
 

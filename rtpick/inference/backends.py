@@ -10,8 +10,10 @@ model's raw output (what ``annotate_batch_post`` takes). rtpick keeps four:
   fp32 forward measured (bench/backends.py, 2 cores, batch 64: 1.3-1.6x ONNX Runtime,
   medians of interleaved runs) and the one that suffers least when other work shares the
   cores (its two single-threaded streams keep going where OpenMP teams stall).
-* ``bf16`` — the torch model under CPU bfloat16 autocast (worth it only where the
-  CPU has avx512_bf16/AMX; reduced precision).
+* ``bf16`` — the torch model in bfloat16: traced under CPU autocast and frozen to
+  TorchScript at load (plain autocast where that fails), each batch split over
+  single-threaded workers (worth it only where the CPU has avx512_bf16/AMX; reduced
+  precision).
 
 Not kept: OpenVINO bf16 (``INFERENCE_PRECISION_HINT = bf16``) was slower than
 OpenVINO fp32 on the avx512_bf16 (no AMX) development CPU and differs from eager by
@@ -24,8 +26,16 @@ on the 2-core development machine and changed P/S F1 on the NCEDC picks at 0.1 s
 1.3-1.8 points (the limit is 0.5); torch dynamic quantisation does not touch
 PhaseNet (no Linear/LSTM layers); OpenVINO int8 needs NNCF (a heavy dependency) and
 would meet the same accuracy limit. A TorchScript-frozen model (oneDNN fusions) was
-no faster than eager; an OpenVINO model compiled for a fixed batch size was faster
-on full batches only and pays a whole batch for every partial one.
+no faster than eager in fp32; an OpenVINO model compiled for a fixed batch size was
+faster on full batches only and pays a whole batch for every partial one. For bf16
+(PhaseNet, 256 probe windows against fp32 eager): plain autocast (``bf16`` before)
+is 0.9x as fast as its frozen trace, max |diff| 0.060, mean 1.2e-4 (the trace: 0.053,
+1.8e-4); the whole model cast to bfloat16 and frozen is as fast as the trace but runs
+batch norms and softmax in bfloat16 too (0.093, 2.2e-4; 0.08 on 64 windows, beyond the
+tolerance); folding the batch norms into the convolution weights by hand made it 2.5x
+slower, and so did (1.7x) oneDNN Graph fusion (``torch.jit.enable_onednn_fusion``);
+convolution weights in channels-last order spare oneDNN its reorders (a third of its
+time) but cost more in the batch norms, pads and concatenations (1.3x slower).
 
 ``auto`` measures eager, ONNX Runtime and OpenVINO (the fp32 backends) on the probe
 batch at load and keeps the fastest verified one.
@@ -47,8 +57,8 @@ logged as a warning, and the lane runs eager.
 Threads: never more busy threads than ``inference.threads``, and nothing else
 computes while the forward runs:
 
-* torch (eager, bf16, and the pre/post hooks of every backend) uses ``threads``
-  intra-op OpenMP threads.
+* torch (eager, and the pre/post hooks of every backend) uses ``threads`` intra-op
+  OpenMP threads; bf16 runs ``threads`` workers of one intra-op thread each.
 * ONNX Runtime sessions get ``threads`` intra-op threads, one inter-op thread and no
   spinning between runs (``session.intra_op.allow_spinning = 0``: an idle pool would
   otherwise busy-wait on the cores the pipeline thread needs next).
@@ -114,26 +124,45 @@ class Backend:
 
 
 class Bf16Backend(Backend):
-    """The torch model under bfloat16 autocast (CPU), each batch split over single-threaded workers.
+    """The model in bfloat16 (CPU): frozen TorchScript traced under autocast, each batch split over single-threaded workers.
+
+    The model is traced once at build under bfloat16 autocast on two probe windows of
+    its own length and frozen (:func:`_frozen_bf16`): the graph keeps autocast's
+    choices (convolutions in bfloat16 with their weights cast once, batch norms with
+    float32 statistics) without re-casting the weights and walking the Python modules
+    at every forward, 1.1x as fast as autocast itself. A model that cannot be traced,
+    or whose trace does not give the model's output for other batch sizes, runs under
+    autocast instead, with a logged warning (EQTransformer: oneDNN has no bfloat16 LSTM
+    for the traced graph): still bfloat16 and verified like the trace, so asking for
+    ``bf16`` does not cost the speed of eager.
 
     With ``threads`` > 1 the batch is cut into ``threads`` parts run at once by as many
     worker threads with one torch intra-op thread each, rather than by one OpenMP team
     of ``threads``: PhaseNet's small convolutions scale poorly within a team, and a
     team stalls at every barrier while one of its cores is taken by other work
     (bench/backends.py, 2 cores, batch 64: 1.2x as fast at the quietest repeats, 3-7x
-    in medians with other work on the machine; the numbers are the same). Outputs are cast back to float32.
+    in medians with other work on the machine). The frozen module holds no state
+    between calls, so the workers share it. Outputs are cast back to float32.
     """
 
     name = "bf16"
 
-    def __init__(self, model: torch.nn.Module, threads: int = 1):
+    def __init__(self, model: torch.nn.Module, threads: int = 1, frozen: bool = True):
+        """``frozen=False``: autocast only (bench/backends.py compares both)."""
         super().__init__(model)
+        self.traced: torch.jit.ScriptModule | None = None
+        if frozen:
+            try:
+                self.traced = _frozen_bf16(model)
+            except Exception as exc:  # noqa: BLE001 - any failure to trace means autocast
+                reason = str(exc).strip().splitlines()[-1:] or [repr(exc)]  # TorchScript errors lead with a traceback
+                log.warning("bf16: no usable frozen trace of the model (%s); running it under autocast instead", reason[0])
         self.pool = _single_threaded_workers(threads) if threads > 1 else None
         self.parts = threads
 
     def _run(self, x: torch.Tensor) -> Any:
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16):  # both are per thread
-            y = self.model(x)
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.traced is None):  # both are per thread
+            y = self.model(x) if self.traced is None else self.traced(x)
         return tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -143,6 +172,31 @@ class Bf16Backend(Backend):
         if isinstance(outs[0], tuple):
             return tuple(torch.cat(parts) for parts in zip(*outs))
         return torch.cat(outs)
+
+
+def _frozen_bf16(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    """``model`` traced under bfloat16 autocast on two probe windows and frozen; checked on one and three.
+
+    Autocast's weight cache is off while tracing (cached casts would enter the graph
+    as constants that require grad). ``optimize_for_inference`` on top adds nothing
+    here: its oneDNN rewrites are for float32 convolutions (measured: the same speed).
+    A trace is one run of the code: wherever the model turns a shape into a Python
+    number, the traced batch size stays in the graph. Partial batches are the rule in
+    streaming, so the trace is run on batches of one and three windows and compared
+    with the float32 model (within ``REDUCED_TOLERANCE``). Raises when tracing fails or
+    the check does.
+    """
+    probe = probe_batch(model, 3)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            traced = torch.jit.freeze(torch.jit.trace(model, probe[:2]))
+    with torch.inference_mode():
+        for n in (1, 3):
+            diff = _max_diff(_output(traced(probe[:n])), _output(model(probe[:n])))
+            if not diff <= REDUCED_TOLERANCE:
+                raise BackendError(f"the model traced on 2 windows differs from it by {diff:.3g} on {n} (tolerance {REDUCED_TOLERANCE:g})")
+    return traced
 
 
 def _single_threaded_workers(n: int) -> ThreadPoolExecutor:
@@ -295,6 +349,13 @@ def _output(y: Any) -> np.ndarray:
     return np.concatenate([p.detach().float().cpu().numpy().ravel() for p in parts])
 
 
+def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
+    """Max |got - want|; infinite where the shapes differ or ``got`` is not finite (never within a tolerance)."""
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float(np.max(np.abs(got - want)))
+
+
 def verify(backend: Backend, reference: np.ndarray, probe: torch.Tensor) -> float:
     """Max |diff| of ``backend`` to the eager ``reference`` on ``probe``; BackendError beyond its tolerance."""
     tolerance = FP32_TOLERANCE if backend.name in FP32 else REDUCED_TOLERANCE
@@ -305,7 +366,7 @@ def verify(backend: Backend, reference: np.ndarray, probe: torch.Tensor) -> floa
         raise BackendError(f"backend {backend.name!r} failed on the probe batch: {exc!r}") from exc
     if out.shape != reference.shape:
         raise BackendError(f"backend {backend.name!r} gave {out.size} output values on the probe batch, eager {reference.size}")
-    diff = float(np.max(np.abs(out - reference))) if np.isfinite(out).all() else float("inf")
+    diff = _max_diff(out, reference)
     if not diff <= tolerance:
         raise BackendError(f"backend {backend.name!r} differs from eager by {diff:.3g} on the probe batch (tolerance {tolerance:g})")
     return diff
