@@ -216,6 +216,15 @@ def test_ring_first_finds_block_edges_across_the_wrap(cap):
                 assert dsp.ring_first(have, start, stop, want) == expected, (start, stop, want)
 
 
+@pytest.mark.parametrize("first,n", [(0, 10), (95, 10), (1234, 100), (50, 250)])
+def test_ring_clear_wraps_and_clears_at_most_the_ring(first, n):
+    cap = 100
+    have = np.ones((2, cap), dtype=np.bool_)
+    dsp.ring_clear(have, 1, first, min(n, cap))
+    cleared = (first + np.arange(min(n, cap))) % cap
+    assert not have[1, cleared].any() and have[1].sum() == cap - len(cleared) and have[0].all()
+
+
 def test_ring_first_finds_an_edge_past_whole_chunks():
     cap = 1000
     have = np.ones((3, cap), dtype=np.bool_)

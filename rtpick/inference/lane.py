@@ -182,15 +182,14 @@ class Lane:
     # ------------------------------------------------------------------ stations
     def new_station(self, key: str) -> Station:
         """An empty station of this lane."""
-        n_classes = len(self.labels)
         scheduler = WindowScheduler(self.in_samples, self.step, self.host.config.inference.block_end == "exact", name=key)
         station = Station(
             key=key,
             lane=self,
             buffer=GroupBuffer(key, len(self.spec.component_order), self.capacity, self.fs),
             scheduler=scheduler,
-            acc=np.zeros((n_classes, self.capacity), dtype=self.pool.acc.dtype),
-            cnt=np.zeros((n_classes, self.capacity), dtype=self.pool.cnt.dtype),
+            acc=self.pool.acc[:0],  # placeholders: pool.add below points them (and the ring) at the station's slot
+            cnt=self.pool.cnt[:0],
             pickers=PhasePickers({i: self.thresholds[label] for i, label in enumerate(self.labels) if label in self.thresholds}),
             early=EarlyBook(self.match_samples) if self.early_on else None,
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtpick.stream.dsp import Resampler, ring_first, ring_put
+from rtpick.stream.dsp import Resampler, ring_clear, ring_first, ring_put
 from rtpick.types import NS_PER_S, Record
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,8 @@ class GroupBuffer:
             self.segments = [s for s in self.segments if s.last >= horizon][-64:]
 
     def _clear(self, component: int, first: int, end: int) -> None:
-        n = end - first
-        if n <= 0:
-            return
-        if n >= self.capacity:
-            self.have[component, :] = False
-            return
-        i0 = first % self.capacity
-        k = min(n, self.capacity - i0)
-        self.have[component, i0:i0 + k] = False
-        if k < n:
-            self.have[component, :n - k] = False
+        if end > first:
+            ring_clear(self.have, component, first, min(end - first, self.capacity))
 
     def expire(self, ready: int) -> None:
         """Components that did not deliver up to ``ready`` are given up there: zeros, not stale ring data."""

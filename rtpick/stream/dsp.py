@@ -16,7 +16,8 @@ to a few percent of the model forward.
   not counted) as SeisBench's ``annotate`` does, :func:`take_stacked` reads them out.
 * :func:`ring_put` / :func:`ring_first` — a station's ring write and the scan for the
   next block edge, one call each instead of several NumPy slice operations (they run
-  once per channel and window step: the per-station part of the hot path).
+  once per channel and window step: the per-station part of the hot path);
+  :func:`ring_clear` marks a hole or a given-up component's samples as missing.
 """
 
 from __future__ import annotations
@@ -257,6 +258,17 @@ def ring_put(data, have, component, first, values):  # pragma: no cover - numba
     if rest > 0:
         data[component, :rest] = values[k:]
         have[component, :rest] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def ring_clear(have, component, first, n):  # pragma: no cover - numba
+    """Mark ``n`` samples of component ``component`` from absolute index ``first`` as missing (``have`` as in :func:`ring_put`; ``n`` at most the capacity)."""
+    cap = have.shape[1]
+    i0 = first % cap
+    k = min(n, cap - i0)
+    have[component, i0:i0 + k] = False
+    if n > k:
+        have[component, :n - k] = False
 
 
 @numba.njit(cache=True, nogil=True)
