@@ -186,7 +186,7 @@ class Lane:
         station = Station(
             key=key,
             lane=self,
-            buffer=GroupBuffer(key, len(self.spec.component_order), self.capacity, self.fs),
+            buffer=GroupBuffer(key, len(self.spec.component_order), self.capacity, self.fs, pooled=True),
             scheduler=scheduler,
             acc=self.pool.acc[:0],  # placeholders: pool.add below points them (and the ring) at the station's slot
             cnt=self.pool.cnt[:0],

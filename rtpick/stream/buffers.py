@@ -50,12 +50,14 @@ class Segment:
 class GroupBuffer:
     """Ring buffer of one station's components at the model rate, indexed by absolute grid index."""
 
-    def __init__(self, key: str, n_components: int, capacity: int, sampling_rate: float):
+    def __init__(self, key: str, n_components: int, capacity: int, sampling_rate: float, pooled: bool = False):
+        """``pooled``: ``data``/``have`` are set by :meth:`RingPool.add` (the lane's rings), none of its own are allocated."""
         self.key = key
         self.capacity = capacity
         self.sampling_rate = sampling_rate
-        self.data = np.zeros((n_components, capacity), dtype=np.float32)
-        self.have = np.zeros((n_components, capacity), dtype=np.bool_)
+        shape = (n_components, 0 if pooled else capacity)
+        self.data = np.zeros(shape, dtype=np.float32)
+        self.have = np.zeros(shape, dtype=np.bool_)
         # absolute index one past the last sample written per component; None = never seen
         self.filled_to: list[int | None] = [None] * n_components
         self.lead: int | None = None  # max of filled_to: the station's data frontier (kept, not recomputed per record)

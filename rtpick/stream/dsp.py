@@ -280,26 +280,23 @@ def ring_first(have, start, stop, want):  # pragma: no cover - numba
     cap = have.shape[1]
     n = stop - start
     i0 = start % cap
+    covered = np.empty(256, dtype=np.bool_)
     for piece in range(2):
         lo = i0 if piece == 0 else 0
         hi = min(cap, i0 + n) if piece == 0 else i0 + n - cap
-        j0 = lo
-        while j0 < hi:
-            j1 = min(hi, j0 + 256)
-            hits = 0  # branch-free count over a chunk (vectorises); the exact index only in a chunk that has one
-            for j in range(j0, j1):
-                covered = False
-                for c in range(have.shape[0]):
-                    covered |= have[c, j]
-                hits += covered == want
+        for j0 in range(lo, hi, 256):  # chunk by chunk, component-major loops that vectorise
+            m = min(hi - j0, 256)
+            covered[:m] = have[0, j0:j0 + m]
+            for c in range(1, have.shape[0]):
+                for t in range(m):
+                    covered[t] |= have[c, j0 + t]
+            hits = 0
+            for t in range(m):
+                hits += covered[t] == want
             if hits:
-                for j in range(j0, j1):
-                    covered = False
-                    for c in range(have.shape[0]):
-                        covered |= have[c, j]
-                    if covered == want:
-                        return j - lo + (0 if piece == 0 else cap - i0)
-            j0 = j1
+                for t in range(m):
+                    if covered[t] == want:
+                        return j0 + t - lo + (0 if piece == 0 else cap - i0)
     return n
 
 
