@@ -165,9 +165,10 @@ class Pipeline:
         A record that continues its channel exactly is *staged* (accepted, written
         later): a station's staged records are written and scanned together once
         its slowest component reaches the end of its next window (or ``poll``,
-        ``drain``, ``flush`` or an irregular record of the station comes first). Windows, stacked values and picks are the same as writing each
-        record at once; picks may come out a few records later within a burst, never
-        later than the next ``poll`` (the daemon polls whenever its input queue is empty).
+        ``drain``, ``flush`` or an irregular record of the station comes first).
+        Windows, stacked values and picks are the same as writing each record at
+        once; picks may come out a few records later within a burst, never later
+        than the next ``poll`` (the daemon polls whenever its input queue is empty).
 
         Never raises for bad input: whatever goes wrong with this record is counted
         by cause and logged, and the other channels go on.
