@@ -174,24 +174,28 @@ class Pipeline:
         by cause and logged, and the other channels go on.
         """
         feed = self.feeds.get(record.stream_id) or self._new_feed(record)
-        if feed is None or not self._valid(record, feed):
+        if feed is None:
             return self._take()
         station: Station = feed.group.owner  # type: ignore[attr-defined]
-        lane = station.lane
         now = time.time()
-        if self.observer is not None:
-            self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
-        if feed.stage(record, now):
+        if feed.stage(record, now):  # the common case: the channel's next record, checked there
+            n = len(record.samples)
+            if self.observer is not None:
+                self.observer.on_record(record.stream_id, n, now - record.end_ns / NS_PER_S)
             self.stats.records += 1
-            self.stats.samples += len(record.samples)
+            self.stats.samples += n
             station.last_arrival = now
             if feed.expected_ns > station.last_data_ns:
                 station.last_data_ns = feed.expected_ns
             self._staged[station.key] = station
-            if not ((feed.staged_to >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
+            if not ((feed.seg_base + feed.seg_n_in >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
                 return self._take()  # nothing was queued: no batch can have become due
             self._write_staged(station)
         else:
+            if not self._valid(record, feed):
+                return self._take()
+            if self.observer is not None:
+                self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
             self._write_staged(station)  # the station's staged records go first
             try:
                 self._ingest(feed, record, now)
@@ -199,6 +203,7 @@ class Pipeline:
                 self._record_failed(feed, exc)
             else:
                 feed.failures = 0
+        lane = station.lane
         while lane.batch_due():
             lane.run_batch()
         return self._take()
@@ -211,26 +216,27 @@ class Pipeline:
         return min(ends) >= station.write_at or max(ends) - station.lane.wait_samples >= station.write_at
 
     def _write_staged(self, station: Station) -> None:
-        """Write the station's staged records (one ring write per channel), then schedule and pick as for each record."""
+        """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record."""
         if self._staged.pop(station.key, None) is None:
             return
         lane = station.lane
-        for feed in station.feeds:
-            if not feed.staged:
-                continue
-            frontier = station.frontier()
-            if frontier is not None:
-                while lane.at_risk(station, max(feed.staged_to, frontier)):
-                    lane.run_batch()
-            try:
-                feed.commit()
-            except Exception as exc:  # noqa: BLE001 - one channel must never stop the pipeline
+        frontier = station.frontier()
+        if frontier is not None:
+            ahead = max((feed.staged_to for feed in station.feeds if feed.staged), default=frontier)
+            while lane.at_risk(station, max(ahead, frontier)):
+                lane.run_batch()
+        staged = [feed for feed in station.feeds if feed.staged]  # (a batch above may have restarted the station)
+        try:
+            ChannelFeed.commit_all(staged)
+        except Exception as exc:  # noqa: BLE001 - the write of the station's channels failed: they restart (counted), the rest goes on
+            for feed in staged:
                 self._record_failed(feed, exc)
-                continue
+            staged = []
+        filled = station.buffer.filled_to
+        for feed in staged:
             feed.failures = 0
-            filled = feed.group.filled_to[feed.component]
-            if filled is not None:
-                station.arrivals.append((filled, feed.staged_arrival))
+            if filled[feed.component] is not None:
+                station.arrivals.append((filled[feed.component], feed.staged_arrival))
         try:
             self._advance(station)
         except Exception as exc:  # noqa: BLE001 - one station must never stop the others
@@ -443,9 +449,11 @@ class Pipeline:
 
     # ----------------------------------------------------------------- checks
     def _valid(self, record: Record, feed: ChannelFeed) -> bool:
-        if feed.quarantined_until and time.monotonic() < feed.quarantined_until:
-            self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
-            return False
+        if feed.quarantined_until:
+            if time.monotonic() < feed.quarantined_until:
+                self._reject(record.stream_id, "quarantined", "channel quarantined after repeated processing errors")
+                return False
+            feed.quarantined_until = 0.0  # over: the channel's records may be staged again
         rate = record.sampling_rate
         if not (rate == feed.sampling_rate and rate > 0):  # a segment's rate was checked at its start
             fs = feed.group.owner.lane.fs  # type: ignore[attr-defined]

@@ -196,9 +196,23 @@ def test_ring_put_wraps_like_modular_indexing(first):
     data = np.zeros((3, cap), dtype=np.float32)
     have = np.zeros((3, cap), dtype=np.bool_)
     values = np.arange(1, 41, dtype=np.float32)
-    dsp.ring_put(data, have, 1, first, values)
+    dsp.ring_put(data, have, np.array([[1, first, 0, 40]]), values)
     idx = (first + np.arange(40)) % cap
     assert np.array_equal(data[1, idx], values) and have[1, idx].all() and have.sum() == 40 and not data[[0, 2]].any()
+
+
+def test_ring_put_writes_pieces_in_order_as_one_call_each():
+    """Several channels' pieces of one values array in one call equal one call per piece (wraps included)."""
+    cap = 100
+    values = np.arange(1, 301, dtype=np.float32)
+    spans = np.array([[0, 95, 0, 30], [2, 10, 30, 100], [1, 1234, 130, 70], [0, 125, 200, 50]])  # the last continues the first
+    one = (np.zeros((3, cap), dtype=np.float32), np.zeros((3, cap), dtype=np.bool_))
+    each = (np.zeros((3, cap), dtype=np.float32), np.zeros((3, cap), dtype=np.bool_))
+    dsp.ring_put(*one, spans, values)
+    for span in spans:
+        dsp.ring_put(*each, span[None, :], values)
+    assert np.array_equal(one[0], each[0]) and np.array_equal(one[1], each[1])
+    assert np.array_equal(one[0][2, (10 + np.arange(100)) % cap], values[30:130]) and one[1][2].all()
 
 
 @pytest.mark.parametrize("cap", [64, 1000])  # 1000: the scan's chunks of 256 samples, and a wrap inside one
@@ -236,3 +250,29 @@ def test_ring_first_finds_an_edge_past_whole_chunks():
     have[2, 901] = True  # one component's only sample
     assert dsp.ring_first(have, 0, cap, True) == 901
     assert dsp.ring_first(have, 950, 950 + cap, True) == cap - 49
+
+
+def test_group_buffer_first_skips_the_scan_only_where_a_segment_spans():
+    """``GroupBuffer.first`` answers from its segments where one spans the range: always what the ring scan finds."""
+    from rtpick.stream.buffers import GroupBuffer
+
+    rng = np.random.default_rng(11)
+    cap = 200
+    buf = GroupBuffer("XX.A..HH?", 3, cap, 100.0)
+    shortcuts = 0
+    for _ in range(400):
+        comp = int(rng.integers(3))
+        filled = buf.filled_to[comp]
+        start = (filled if filled is not None else 1000) + int(rng.choice([0, 0, 0, 0, 5, 37, -3, 250]))
+        buf.write(comp, start, np.ones(int(rng.integers(1, 90)), dtype=np.float32), 0.0)
+        if rng.random() < 0.1:
+            buf.expire(buf.lead - int(rng.integers(0, 30)))
+        for _ in range(5):
+            stop = buf.lead - int(rng.integers(0, 20))
+            first = max(stop - int(rng.integers(1, cap + 1)), buf.lead - cap)
+            if first >= stop:
+                continue
+            scan = int(dsp.ring_first(buf.have, first, stop, False))
+            shortcuts += buf._spanned(first, stop)
+            assert buf.first(first, stop, covered=False) == scan
+    assert shortcuts > 100

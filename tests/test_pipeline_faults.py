@@ -15,7 +15,7 @@ from rtpick.config import Config
 from rtpick.inference.models import LoadedModel
 from rtpick.ingest.replay import records_from_arrays
 from rtpick.pipeline import Pipeline
-from rtpick.stream.buffers import ChannelFeed
+from rtpick.stream.buffers import ChannelFeed, GroupBuffer
 from rtpick.types import NS_PER_S, Pick, Record
 
 HOUR_NS = 3600 * NS_PER_S
@@ -90,6 +90,25 @@ def test_failing_channel_is_quarantined_and_the_rest_goes_on(loaded, records, cl
     assert pipe.stats.rejected == {"processing_error": 3, "quarantined": n_bad - 3}
     others = [key(p) for p in clean[1] if station_of(p.stream_id) != "X34A"]
     assert sorted(key(p) for p in picks if station_of(p.stream_id) != "X34A") == sorted(others)
+
+
+def test_failing_staged_write_restarts_that_station_only(loaded, records, clean, monkeypatch):
+    """A station's staged channels are written in one ring write: if it raises, their segments restart (counted) and the other stations' picks are unchanged."""
+    write_pieces = GroupBuffer.write_pieces
+    failed = []
+
+    def broken(self, pieces, values):
+        if self.key.startswith("OK.X34A.") and len(pieces) > 1 and not failed:
+            failed.append(len(pieces))
+            raise RuntimeError("simulated fault")
+        return write_pieces(self, pieces, values)
+
+    monkeypatch.setattr(GroupBuffer, "write_pieces", broken)
+    pipe, picks = run(loaded, records)
+    assert failed and pipe.stats.rejected == {"processing_error": failed[0]}
+    others = [key(p) for p in clean[1] if station_of(p.stream_id) != "X34A"]
+    assert sorted(key(p) for p in picks if station_of(p.stream_id) != "X34A") == sorted(others)
+    assert any(station_of(p.stream_id) == "X34A" for p in picks), "the station goes on after the fault"
 
 
 def test_failed_batch_drops_its_windows_only(loaded, records, clean, monkeypatch):

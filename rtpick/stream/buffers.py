@@ -64,6 +64,7 @@ class GroupBuffer:
         self.segments: list[Segment] = []
         self.floor = 0  # samples below this were consumed by the scheduler: late data is dropped
         self.first_index: int | None = None  # first sample ever written (start-up grace for components)
+        self._spans = np.zeros((n_components, 4), dtype=np.int64)  # write_pieces' ring write plan, reused
 
     def write(self, component: int, start: int, samples: np.ndarray, offset_ns: float) -> tuple[int, int]:
         """Write model-rate samples at absolute index ``start``.
@@ -72,25 +73,45 @@ class GroupBuffer:
         below the consumed floor are dropped (duplicates and late data never reach
         the model twice).
         """
-        n = len(samples)
-        filled = self.filled_to[component]
-        late = min(n, self.floor - start) if start < self.floor else 0
-        skip = max(late, filled - start if filled is not None else 0, 0)
-        if skip >= n:
-            return 0, late
-        first = start + skip
-        end = start + n
-        if filled is not None and first > filled:
-            self._clear(component, filled, first)
-        values = samples[skip:] if end - first <= self.capacity else samples[end - self.capacity - start:]  # only the newest capacity samples fit
-        ring_put(self.data, self.have, component, end - len(values), values)
-        if self.first_index is None:
-            self.first_index = first
-        self.filled_to[component] = end
-        if self.lead is None or end > self.lead:
-            self.lead = end
-        self._extend_segment(component, first, end - 1, offset_ns)
-        return n - skip, late
+        return self.write_pieces([(component, start, 0, len(samples), offset_ns)], samples)[0]
+
+    def write_pieces(self, pieces: list[tuple[int, int, int, int, float]], values: np.ndarray) -> list[tuple[int, int]]:
+        """:meth:`write` of several pieces of ``values`` in one ring write (one numba call).
+
+        Each piece is ``(component, start, offset in values, length, offset_ns)``; the
+        pieces are written in order, as by one :meth:`write` each, and ``(accepted,
+        late)`` is returned per piece. A station's staged channels are committed this
+        way once per window step (:meth:`ChannelFeed.commit_all`).
+        """
+        spans = self._spans
+        if len(pieces) > len(spans):
+            self._spans = spans = np.zeros((len(pieces), 4), dtype=np.int64)
+        done = []
+        k = 0
+        for component, start, src, n, offset_ns in pieces:
+            filled = self.filled_to[component]
+            late = min(n, self.floor - start) if start < self.floor else 0
+            skip = max(late, filled - start if filled is not None else 0, 0)
+            if skip >= n:
+                done.append((0, late))
+                continue
+            first = start + skip
+            end = start + n
+            if filled is not None and first > filled:
+                self._clear(component, filled, first)
+            keep = min(end - first, self.capacity)  # only the newest capacity samples fit
+            spans[k] = component, end - keep, src + n - keep, keep
+            k += 1
+            if self.first_index is None:
+                self.first_index = first
+            self.filled_to[component] = end
+            if self.lead is None or end > self.lead:
+                self.lead = end
+            self._extend_segment(component, first, end - 1, offset_ns)
+            done.append((n - skip, late))
+        if k:
+            ring_put(self.data, self.have, spans[:k], values)
+        return done
 
     def _extend_segment(self, component: int, first: int, last: int, offset_ns: float) -> None:
         for seg in reversed(self.segments[-6:]):
@@ -121,7 +142,25 @@ class GroupBuffer:
         """
         if stop - start > self.capacity:
             raise ValueError(f"{self.key}: scan of {stop - start} samples asked, the ring holds {self.capacity}")
+        if not covered and self._spanned(start, stop):
+            return stop - start
         return int(ring_first(self.have, start, stop, covered))
+
+    def _spanned(self, start: int, stop: int) -> bool:
+        """Does one recent segment span ``[start, stop)``, so that no index there lacks data (no ring scan needed)?
+
+        A segment's samples stay marked in the ring until a write one capacity later
+        (which marks them again) or a clear of that component beyond its data; with
+        the frontier at most one capacity past ``start``, neither can reach the range.
+        The usual case of a station streaming without gaps: its next window's scan
+        then costs no numba call.
+        """
+        if self.lead is None or self.lead - start > self.capacity:
+            return False
+        for seg in self.segments[-6:]:
+            if seg.first <= start and seg.last >= stop - 1:
+                return True
+        return False
 
     def reset(self) -> None:
         """Forget all data (time jump beyond the ring, or a fault): O(capacity), never O(gap)."""
@@ -170,6 +209,7 @@ class ChannelFeed:
     seg_n_out: int = 0  # model-rate samples written for the current segment
     seg_base: int = 0  # grid index of the segment's first model-rate sample
     seg_offset_ns: float = 0.0
+    half_ns: float = 0.0  # half a sample at the segment's rate: records starting this close to expected_ns continue it
     resampler: Resampler | None = None
     failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
     quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
@@ -186,20 +226,25 @@ class ChannelFeed:
         """Accept ``record`` without writing it yet if it continues the open segment exactly; else False (use :meth:`push`).
 
         Exactly: same rate, no resampling, starting within half a sample of where
-        the segment ends (as :meth:`push` tells gaps and overlaps). The segment
-        bookkeeping moves at once, so the next record's continuity is checked
-        against it; only the ring write waits for :meth:`commit`, so a station's
-        records are written and scanned once per window step instead of once per
-        record (the hot path of a catching-up or replaying daemon).
+        the segment ends (as :meth:`push` tells gaps and overlaps), with samples the
+        pipeline would accept (one-dimensional, integer or finite float, not empty)
+        and the channel not quarantined: a record that fails any of these takes the
+        pipeline's full path, which checks and counts it. The segment bookkeeping
+        moves at once, so the next record's continuity is checked against it; only
+        the ring write waits for :meth:`commit`, so a station's records are written
+        and scanned once per window step instead of once per record (the hot path
+        of a catching-up or replaying daemon).
         """
         expected = self.expected_ns
-        rate = record.sampling_rate
-        if expected is None or self.resampler is not None or rate != self.sampling_rate:
+        samples = record.samples
+        if expected is None or self.resampler is not None or self.quarantined_until or record.sampling_rate != self.sampling_rate:
             return False
-        half = NS_PER_S / rate / 2
+        kind = samples.dtype.kind
+        if samples.ndim != 1 or not len(samples) or not (kind in "iu" or (kind == "f" and np.isfinite(samples).all())):
+            return False
+        half = self.half_ns
         if not -half <= record.start_ns - expected <= half:
             return False
-        samples = record.samples
         self.counters["records"] += 1
         self._extend(len(samples))
         self.staged.append(samples)
@@ -208,12 +253,32 @@ class ChannelFeed:
 
     def commit(self) -> None:
         """Write the staged samples, if any (one ring write)."""
-        staged = self.staged
-        if not staged:
+        if self.staged:
+            ChannelFeed.commit_all([self])
+
+    @staticmethod
+    def commit_all(feeds: list["ChannelFeed"]) -> None:
+        """Write the staged samples of several channels of one station (one :class:`GroupBuffer`) in one ring write.
+
+        Staged records continue their segment at the model rate, so each channel's
+        samples go to the grid from where its segment's written part ends.
+        """
+        feeds = [f for f in feeds if f.staged]
+        if not feeds:
             return
-        values = np.concatenate(staged, dtype=np.float32, casting="unsafe") if len(staged) > 1 else np.asarray(staged[0], dtype=np.float32)
-        self.staged = []
-        self._write(values)
+        arrays = [a for f in feeds for a in f.staged]
+        values = np.concatenate(arrays, dtype=np.float32, casting="unsafe") if len(arrays) > 1 else np.asarray(arrays[0], dtype=np.float32)
+        pieces = []
+        src = 0
+        for f in feeds:
+            n = f.seg_n_in - f.seg_n_out  # staged samples: native rate = model rate while staging
+            pieces.append((f.component, f.seg_base + f.seg_n_out, src, n, f.seg_offset_ns))
+            src += n
+        for f, (_, late) in zip(feeds, feeds[0].group.write_pieces(pieces, values)):
+            f.staged = []
+            f.seg_n_out = f.seg_n_in
+            if late:
+                f.counters["late"] += late
 
     def _extend(self, n: int) -> None:
         """The open segment grows by ``n`` native samples: where the next contiguous record must start."""
@@ -234,7 +299,7 @@ class ChannelFeed:
         if self.expected_ns is None:
             self._start_segment(record.start_ns, record.sampling_rate)
         else:
-            half = NS_PER_S / self.sampling_rate / 2
+            half = self.half_ns
             delta = record.start_ns - self.expected_ns
             if delta > half:
                 events.append("gap")
@@ -273,6 +338,7 @@ class ChannelFeed:
     def _start_segment(self, start_ns: int, sampling_rate: float) -> None:
         fs = self.group.sampling_rate
         self.sampling_rate = sampling_rate
+        self.half_ns = NS_PER_S / sampling_rate / 2
         self.seg_start_ns = start_ns
         self.seg_n_in = 0
         self.seg_n_out = 0

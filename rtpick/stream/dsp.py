@@ -244,20 +244,26 @@ def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - num
 
 
 @numba.njit(cache=True, nogil=True)
-def ring_put(data, have, component, first, values):  # pragma: no cover - numba
-    """Write ``values`` into component ``component`` of a station's ring (``data``/``have`` of shape (components, capacity)) from absolute index ``first``.
+def ring_put(data, have, spans, values):  # pragma: no cover - numba
+    """Write pieces of ``values`` into a station's ring (``data``/``have`` of shape (components, capacity)), all in one call.
 
-    ``len(values)`` must not exceed the capacity (the caller keeps the newest samples).
+    Each row of ``spans`` (pieces, 4) int64 is (component, absolute index of the
+    first sample, offset in ``values``, length): ``values[offset:offset + length]``
+    goes to that component from that index. One call writes every channel a station
+    staged during a window step (each numba call from Python costs about as much as
+    writing a few hundred samples). A length must not exceed the capacity (the
+    caller keeps the newest samples).
     """
     cap = data.shape[1]
-    i0 = first % cap
-    k = min(values.shape[0], cap - i0)
-    data[component, i0:i0 + k] = values[:k]
-    have[component, i0:i0 + k] = True
-    rest = values.shape[0] - k
-    if rest > 0:
-        data[component, :rest] = values[k:]
-        have[component, :rest] = True
+    for j in range(spans.shape[0]):
+        component, first, src, n = spans[j, 0], spans[j, 1], spans[j, 2], spans[j, 3]
+        i0 = first % cap
+        k = min(n, cap - i0)
+        data[component, i0:i0 + k] = values[src:src + k]
+        have[component, i0:i0 + k] = True
+        if n > k:
+            data[component, :n - k] = values[src + k:src + n]
+            have[component, :n - k] = True
 
 
 @numba.njit(cache=True, nogil=True)
