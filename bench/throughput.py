@@ -13,6 +13,12 @@ thread, gathering the next batch meanwhile; 'auto' = on for CUDA). Then the pipe
 stubbed out (the forward returns zeros), which is what the streaming spine costs
 on top of the model.
 
+``--shards K`` adds rtpick as K instances on the same device (sharded deployment,
+``rtpick@NAME``): K processes, each streaming its own 1/K of the stations through its
+own pipeline and model; its throughput is all stations' data over the wall time from
+a common start to the last instance's end. One Python process runs the spine on one
+core, so this is how a machine with many cores and one GPU is used.
+
 Contenders are interleaved and repeated; medians with min/max are reported.
 Peak RSS is measured in a child process per station count (``--rss-stations``),
 with data streamed in so that only the configured buffer seconds are held.
@@ -21,11 +27,13 @@ with data streamed in so that only the configured buffer seconds are held.
     python bench/throughput.py --stations 50 --seconds 300 --repeats 5
     python bench/throughput.py --backend eager onnxruntime bf16 --strides 10 --rss-stations
     python bench/throughput.py --device cuda --stations 500 --seconds 300 --batch 1024 --backend eager --forward-worker on off
+    python bench/throughput.py --device cuda --stations 500 --seconds 300 --batch 1024 --backend eager --shards 1 4 8
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
@@ -97,18 +105,91 @@ def bench_config(stride_s: float, threads: int, batch: int, backend: str = "eage
     return cfg
 
 
-def run_rtpick(cfg: Config, loaded, records, stub: bool = False) -> tuple[float, int]:
-    """Seconds to feed and flush ``records`` (the pipeline and its backend are built before the clock starts)."""
+def build_pipeline(cfg: Config, loaded, stub: bool = False) -> Pipeline:
+    """The pipeline and its backend, built before any clock starts; ``stub``: the forward returns zeros."""
     pipe = Pipeline(cfg, loaded)
     if stub:
         for lane in pipe.lanes.values():  # laid out as PhaseNet's annotate_batch_post returns them: a transposed view
             zeros = np.zeros((lane.batch_size, len(lane.labels), lane.in_samples), dtype=np.float32)
             lane.engine.predict = lambda batch, z=zeros: z[: len(batch)].transpose(0, 2, 1)
-    t0 = time.perf_counter()
+    return pipe
+
+
+def feed_all(pipe: Pipeline, records) -> None:
     for rec in records:
         pipe.feed(rec)
     pipe.flush()
+
+
+def run_rtpick(cfg: Config, loaded, records, stub: bool = False) -> tuple[float, int]:
+    """Seconds to feed and flush ``records`` (the pipeline and its backend are built before the clock starts)."""
+    pipe = build_pipeline(cfg, loaded, stub)
+    t0 = time.perf_counter()
+    feed_all(pipe, records)
     return time.perf_counter() - t0, pipe.stats.windows
+
+
+def shard_of(stream_id: str, shards: int) -> int:
+    """The instance a synthetic station (``XX.S0042..HHZ``) belongs to: station number modulo ``shards``."""
+    return int(stream_id.split(".")[1][1:]) % shards
+
+
+def shard_main(conn, index: int, shards: int, stations: int, seconds: int, device: str, threads: int) -> None:
+    """One instance of the sharded contender (a child process): its stations' records, its own model and pipelines.
+
+    Protocol on ``conn``: sends "ready" once warmed up; then per run receives a
+    ``bench_config`` argument tuple, builds the pipeline, sends "built", waits for
+    "go", feeds and flushes, and sends (monotonic start, monotonic end, windows);
+    None ends it.
+    """
+    torch.set_num_threads(threads)
+    loaded = load_model("seisbench:PhaseNet/original", device)
+    records = [r for r in make_records(stations, seconds) if shard_of(r.stream_id, shards) == index]
+    run_rtpick(bench_config(10.0, threads, 64, device=device), loaded, records[: len(records) // 10])  # numba warm-up
+    conn.send("ready")
+    while (args := conn.recv()) is not None:
+        pipe = build_pipeline(bench_config(*args), loaded)
+        conn.send("built")
+        conn.recv()  # go
+        t0 = time.monotonic()
+        feed_all(pipe, records)
+        conn.send((t0, time.monotonic(), pipe.stats.windows))
+
+
+class Shards:
+    """K instances of rtpick (child processes) run from a common start: see ``shard_main``."""
+
+    def __init__(self, shards: int, stations: int, seconds: int, device: str, threads: int):
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self.conns, self.procs = [], []
+        for index in range(shards):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=shard_main, args=(child, index, shards, stations, seconds, device, threads), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if conn.recv() != "ready":
+                raise RuntimeError("a shard failed to start")
+
+    def run(self, *config_args) -> tuple[float, int]:
+        """Wall seconds from the common start to the last instance's end, and the windows of all instances."""
+        for conn in self.conns:
+            conn.send(config_args)
+        for conn in self.conns:
+            conn.recv()  # built
+        for conn in self.conns:
+            conn.send("go")
+        results = [conn.recv() for conn in self.conns]
+        return max(end for _, end, _ in results) - min(start for start, _, _ in results), sum(w for _, _, w in results)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def run_annotate(model, stream: obspy.Stream, overlap: int, batch: int) -> float:
@@ -132,9 +213,9 @@ def run_forward(forward, in_samples: int, windows: int, batch: int, device: str)
     return time.perf_counter() - t0
 
 
-def rtpick_key(backend: str, worker: str, workers: list[str]) -> str:
+def rtpick_key(backend: str, worker: str, workers: list[str], shards: int = 1) -> str:
     """The rtpick contender's row name; the forward worker setting only when several are compared."""
-    return f"rtpick {backend}" + (f" worker {worker}" if len(workers) > 1 else "")
+    return f"rtpick {backend}" + (f" worker {worker}" if len(workers) > 1 else "") + (f" x{shards} instances" if shards > 1 else "")
 
 
 def summary(values: list[float]) -> str:
@@ -178,6 +259,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device of rtpick, annotate and the raw forward")
     ap.add_argument("--forward-worker", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                     help="inference.forward_worker settings of rtpick to compare (interleaved)")
+    ap.add_argument("--shards", type=int, nargs="+", default=[1],
+                    help="rtpick as this many instances on the device, each with its share of the stations (1 = one pipeline in this process)")
     ap.add_argument("--stub-stations", type=int, default=50, help="stations of the stubbed-model run (0 = skip it)")
     ap.add_argument("--rss-child", nargs=3, type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,28 +284,41 @@ def main() -> None:
         forwards[name] = engine.backend.forward
         print(f"# backend {name}: {'refused, runs as ' + engine.backend.name if engine.backend.name != name else 'reference' if name == 'eager' else 'verified against eager'}")
     run_rtpick(bench_config(10.0, args.threads, args.batch, device=args.device), loaded, records[: len(records) // 10])  # numba warm-up
-    for stride in args.strides:
-        overlap = model.in_samples - int(round(stride * 100))
-        results: dict[str, list[float]] = {"annotate": []}
-        windows = 0
-        for repeat in range(args.repeats):
-            results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
+    shard_threads = {k: max(1, args.threads // k) for k in args.shards}
+    instances = {k: Shards(k, args.stations, args.seconds, args.device, shard_threads[k]) for k in args.shards if k > 1}
+    for k, threads in shard_threads.items():
+        if k > 1:
+            print(f"# {k} instances: {threads} torch thread(s) each, stations split by number modulo {k}")
+    contenders = [(name, worker, k) for name in args.backend for worker in args.forward_worker for k in args.shards]
+    try:
+        for stride in args.strides:
+            overlap = model.in_samples - int(round(stride * 100))
+            results: dict[str, list[float]] = {"annotate": []}
+            windows = 0
+            for repeat in range(args.repeats):
+                results["annotate"].append(station_seconds / run_annotate(model, stream.copy(), overlap, args.batch))
+                for name, worker, k in contenders[:: 1 if repeat % 2 == 0 else -1]:  # alternate the order: the first run after another contender is slower
+                    if k == 1:
+                        seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device, worker), loaded, records)
+                    else:
+                        seconds, windows = instances[k].run(stride, shard_threads[k], args.batch, name, args.device, worker)
+                    results.setdefault(rtpick_key(name, worker, args.forward_worker, k), []).append(station_seconds / seconds)
+                for name in args.backend:
+                    fwd = run_forward(forwards[name], model.in_samples, windows, args.batch, args.device)
+                    results.setdefault(f"forward {name}", []).append(station_seconds / fwd)
+            annotate = statistics.median(results["annotate"])
+            print(f"\nstride {stride:.0f} s ({windows} windows per run)        station-seconds/s                x annotate")
+            print(f"  {'annotate (eager)':30s} {summary(results['annotate'])}   1.00")
             for name in args.backend:
-                for worker in args.forward_worker[:: 1 if repeat % 2 == 0 else -1]:  # alternate the order: the first run after another contender is slower
-                    seconds, windows = run_rtpick(bench_config(stride, args.threads, args.batch, name, args.device, worker), loaded, records)
-                    results.setdefault(rtpick_key(name, worker, args.forward_worker), []).append(station_seconds / seconds)
-                fwd = run_forward(forwards[name], model.in_samples, windows, args.batch, args.device)
-                results.setdefault(f"forward {name}", []).append(station_seconds / fwd)
-        annotate = statistics.median(results["annotate"])
-        print(f"\nstride {stride:.0f} s ({windows} windows per run)        station-seconds/s                x annotate")
-        print(f"  {'annotate (eager)':30s} {summary(results['annotate'])}   1.00")
-        for name in args.backend:
-            for key in [f"forward {name}"] + [rtpick_key(name, worker, args.forward_worker) for worker in args.forward_worker]:
-                print(f"  {key:30s} {summary(results[key])}   {statistics.median(results[key]) / annotate:4.2f}")
-            for worker in args.forward_worker:
-                key = rtpick_key(name, worker, args.forward_worker)
-                share = statistics.median(results[key]) / statistics.median(results[f"forward {name}"])
-                print(f"  {'':30s} {key} = {100 * share:.0f} % of its raw forward")
+                keys = [rtpick_key(name, worker, args.forward_worker, k) for worker in args.forward_worker for k in args.shards]
+                for key in [f"forward {name}"] + keys:
+                    print(f"  {key:30s} {summary(results[key])}   {statistics.median(results[key]) / annotate:4.2f}")
+                for key in keys:
+                    share = statistics.median(results[key]) / statistics.median(results[f"forward {name}"])
+                    print(f"  {'':30s} {key} = {100 * share:.0f} % of its raw forward")
+    finally:
+        for shards in instances.values():
+            shards.close()
     if args.stub_stations:
         stub_records = make_records(args.stub_stations, args.seconds)
         cfg = bench_config(10.0, args.threads, args.batch, device=args.device)
