@@ -29,33 +29,51 @@ STATE_SIZE = 9
 _OUT_COLUMNS = 8  # a closed trigger's row from _scan_phases: phase row, then the 7 values _scan writes
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _next_on(values, k, thr_on):  # pragma: no cover - numba
+    """Index of the first of ``values[k:]`` at or above ``thr_on`` (NaN never is); ``len(values)`` if none.
+
+    Tests blocks of 16 samples without a branch per sample (it counts the samples at
+    or above), then searches the block with one sample by sample: about 3
+    instructions per sample of a quiet trace, against about 10 for the trigger state
+    machine testing every sample. Unsigned and iterator indexing: no negative-index
+    wraparound code per sample.
+    """
+    n = values.shape[0]
+    while k + 16 <= n:
+        hit = 0
+        for j in range(16):
+            hit += values[np.uint64(k + j)] >= thr_on
+        if hit:
+            break
+        k += 16
+    for v in values[k:]:
+        if v >= thr_on:
+            return k
+        k += 1
+    return k
+
+
 @numba.njit(cache=True, nogil=True)
 def _scan(values, base, thr_on, thr_off, state, out):  # pragma: no cover - numba
     """Advance the trigger state over ``values`` (absolute index of values[0] = base).
 
     Writes closed triggers into ``out`` rows (s0, s1, peak_i, peak_v, sum_p,
-    sum_pi, sum_pi2) and returns how many were closed.
+    sum_pi, sum_pi2) and returns how many were closed. While no trigger is on
+    (nearly all samples) :func:`_next_on` skips ahead to the next sample that turns
+    one on; the sample that closes a trigger is looked at again with it off, as it
+    may turn the next one on.
     """
     n_out = 0
-    for k in range(values.shape[0]):
-        v = values[k]
-        i = base + k
-        if state[_ACTIVE] != 0.0:
-            if v >= thr_off:  # NaN compares False: a blinded sample ends a trigger
-                state[_S1] = i
-                if v > state[_PEAK_V]:
-                    state[_PEAK_V] = v
-                    state[_PEAK_I] = i
-                d = i - state[_S0]
-                state[_SUM_P] += v
-                state[_SUM_PI] += v * d
-                state[_SUM_PI2] += v * d * d
-                continue
-            for j in range(7):
-                out[n_out, j] = state[1 + j]
-            n_out += 1
-            state[_ACTIVE] = 0.0
-        if v >= thr_on:
+    n = values.shape[0]
+    k = 0
+    while k < n:
+        if state[_ACTIVE] == 0.0:
+            k = _next_on(values, k, thr_on)
+            if k == n:
+                break
+            v = values[k]
+            i = base + k
             state[_ACTIVE] = 1.0
             state[_S0] = i
             state[_S1] = i
@@ -64,6 +82,25 @@ def _scan(values, base, thr_on, thr_off, state, out):  # pragma: no cover - numb
             state[_SUM_P] = v
             state[_SUM_PI] = 0.0
             state[_SUM_PI2] = 0.0
+            k += 1
+            continue
+        v = values[k]
+        i = base + k
+        if v >= thr_off:  # NaN compares False: a blinded sample ends a trigger
+            state[_S1] = i
+            if v > state[_PEAK_V]:
+                state[_PEAK_V] = v
+                state[_PEAK_I] = i
+            d = i - state[_S0]
+            state[_SUM_P] += v
+            state[_SUM_PI] += v * d
+            state[_SUM_PI2] += v * d * d
+            k += 1
+            continue
+        for j in range(7):
+            out[n_out, j] = state[1 + j]
+        n_out += 1
+        state[_ACTIVE] = 0.0
     return n_out
 
 
