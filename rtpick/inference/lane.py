@@ -354,25 +354,29 @@ class Lane:
         t_stack = time.perf_counter()
         touched: dict[int, Station] = {}
         tips: list[tuple[Window, np.ndarray]] = []
-        slots, starts, skips, rows = self._index
-        m = 0
+        stacked: list[tuple[int, int, int, int]] = []  # (slot, start, skip, row) per window, into self._index at once
+        gathered = flight.gathered if preds is not None else ()
         for i, win in flight.rows:  # stack: the one place predictions enter the sums (one call below)
             station: Station = win.group  # type: ignore[assignment]
             if win.tip:  # not stacked: its predictions go to the preliminary picker
-                if preds is not None and i in flight.gathered:
+                if i in gathered:
                     tips.append((win, preds[i]))
                 continue
             if id(station) not in touched:
+                touched[id(station)] = station
                 station.final_arrival = win.arrived
-            station.final_arrival = max(station.final_arrival, win.arrived)
+            elif win.arrived > station.final_arrival:
+                station.final_arrival = win.arrived
             block = win.block
             block.pending.popleft()
-            if preds is not None and i in flight.gathered:
-                slots[m], starts[m], skips[m], rows[m] = station.slot, win.start, max(0, block.stack_floor - win.start), i
-                m += 1
-            touched[id(station)] = station
-        if m:
-            dsp.stack_batch(self.pool.acc, self.pool.cnt, slots[:m], starts[:m], skips[:m], rows[:m], preds, self.use_max)
+            if i in gathered:
+                skip = block.stack_floor - win.start
+                stacked.append((station.slot, win.start, skip if skip > 0 else 0, i))
+        if stacked:
+            m = len(stacked)
+            index = self._index[:, :m]
+            index.T[:] = stacked
+            dsp.stack_batch(self.pool.acc, self.pool.cnt, index[0], index[1], index[2], index[3], preds, self.use_max)
         for station in touched.values():
             self.finalize(station)
         for win, pred in tips:
