@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from obspy.signal.trigger import trigger_onset
 
-from rtpick.picking.extract import PhasePickers, TriggerPicker
+from rtpick.picking.extract import PhasePickers, ScanScratch, TriggerPicker
+from rtpick.stream import dsp
+from rtpick.stream.buffers import RingPool
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -60,3 +62,47 @@ def test_station_pickers_scan_all_phases_like_one_picker_each(seed):
     station[2].threshold = 0.25  # a reload changes a threshold in place
     station.reset()  # a restart forgets trigger state, not thresholds
     assert [station[k].threshold for k in thresholds] == [0.3, 0.25] and all(station[k].open_since is None for k in thresholds)
+
+
+@pytest.mark.parametrize("use_max", [False, True], ids=["avg", "max"])
+def test_take_scan_equals_take_stacked_then_scan(use_max):
+    """The lane's one-call path gives the values, triggers, picker states and cleared sums of take_stacked + scan.
+
+    Ranges of varying length (the reused scratch is sometimes longer than needed),
+    one that wraps the ring, one longer than the ring, a resumed range with per-phase
+    skips, and kept values (the tap's own array) against scratch values.
+    """
+    rng = np.random.default_rng(7)
+    classes, cap = 3, 700
+    thresholds = {0: 0.3, 2: 0.2}
+    fused, separate = PhasePickers(thresholds), PhasePickers(thresholds)
+    scratch = ScanScratch()
+    acc = np.zeros((classes, cap), dtype=RingPool(3, classes, 1, slots=1).acc.dtype)
+    cnt = np.zeros((classes, cap), dtype=np.int16)
+    pos, got, expected = 0, [], []
+    for n, skips, keep in [(400, None, False), (90, None, True), (500, None, False), (650, {0: 40, 2: 700}, False),
+                           (cap + 60, None, True), (30, {0: -5}, False), (320, None, False)]:
+        idx = np.arange(pos, pos + n) % cap
+        if n <= cap:  # what stacking left there: sums of up to three windows, some samples counted by none
+            mean = np.clip(np.stack([np.convolve(rng.random(n + 40) ** 8, np.hanning(40), "same")[20:20 + n] / 4 for _ in range(classes)]), 0, 1)
+            count = rng.integers(0, 4, (classes, n))
+            acc[:, idx] = mean if use_max else mean * count
+            cnt[:, idx] = count
+        acc2, cnt2 = acc.copy(), cnt.copy()
+        values = np.empty((classes, n))
+        dsp.take_stacked(acc2, cnt2, pos, pos + n, use_max, values)
+        expected += separate.scan(values, pos, skips)
+        kept, triggers = fused.take_scan(acc, cnt, pos, pos + n, use_max, scratch, skips, keep=keep)
+        got += triggers
+        np.testing.assert_array_equal(acc, acc2)  # the range is cleared alike
+        np.testing.assert_array_equal(cnt, cnt2)
+        if keep:
+            assert kept.shape == (classes, n) and kept.flags.c_contiguous and kept.base is not scratch.values
+            np.testing.assert_array_equal(kept, values)
+        else:
+            assert kept is None
+            np.testing.assert_array_equal(scratch.values[:classes * n].reshape(classes, n), values)
+        np.testing.assert_array_equal(fused.states, separate.states)
+        pos += n
+    assert len(expected) > 3 and got == expected
+    assert len(scratch.values) >= classes * 650  # grown once for the longest unkept range, then reused

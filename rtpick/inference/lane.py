@@ -43,7 +43,7 @@ from rtpick.inference.engine import InferenceEngine
 from rtpick.inference.models import LoadedModel
 from rtpick.inference.regions import LaneSpec
 from rtpick.picking.early import EarlyBook, OpenPick, tip_triggers
-from rtpick.picking.extract import PhasePickers
+from rtpick.picking.extract import PhasePickers, ScanScratch
 from rtpick.stream import dsp
 from rtpick.stream.buffers import ChannelFeed, GroupBuffer, RingPool, grid_ns
 from rtpick.stream.windows import Block, Window, WindowScheduler
@@ -156,6 +156,7 @@ class Lane:
         self.min_context = int(round(early.min_context_s * self.fs))
         self.match_samples = max(1, int(round(early.match_s * self.fs)))
         self._tips_due = 0.0  # monotonic time of the next round of tip windows
+        self._scratch = ScanScratch()  # final values and closed triggers of _pick_final, reused station after station
 
     def _install(self, spec: LaneSpec, loaded: LoadedModel) -> None:
         """Take ``spec``/``loaded`` as the lane's model, engine and identity."""
@@ -353,25 +354,29 @@ class Lane:
         t_stack = time.perf_counter()
         touched: dict[int, Station] = {}
         tips: list[tuple[Window, np.ndarray]] = []
-        slots, starts, skips, rows = self._index
-        m = 0
+        stacked: list[tuple[int, int, int, int]] = []  # (slot, start, skip, row) per window, into self._index at once
+        gathered = flight.gathered if preds is not None else ()
         for i, win in flight.rows:  # stack: the one place predictions enter the sums (one call below)
             station: Station = win.group  # type: ignore[assignment]
             if win.tip:  # not stacked: its predictions go to the preliminary picker
-                if preds is not None and i in flight.gathered:
+                if i in gathered:
                     tips.append((win, preds[i]))
                 continue
             if id(station) not in touched:
+                touched[id(station)] = station
                 station.final_arrival = win.arrived
-            station.final_arrival = max(station.final_arrival, win.arrived)
+            elif win.arrived > station.final_arrival:
+                station.final_arrival = win.arrived
             block = win.block
             block.pending.popleft()
-            if preds is not None and i in flight.gathered:
-                slots[m], starts[m], skips[m], rows[m] = station.slot, win.start, max(0, block.stack_floor - win.start), i
-                m += 1
-            touched[id(station)] = station
-        if m:
-            dsp.stack_batch(self.pool.acc, self.pool.cnt, slots[:m], starts[:m], skips[:m], rows[:m], preds, self.use_max)
+            if i in gathered:
+                skip = block.stack_floor - win.start
+                stacked.append((station.slot, win.start, skip if skip > 0 else 0, i))
+        if stacked:
+            m = len(stacked)
+            index = self._index[:, :m]
+            index.T[:] = stacked
+            dsp.stack_batch(self.pool.acc, self.pool.cnt, index[0], index[1], index[2], index[3], preds, self.use_max)
         for station in touched.values():
             self.finalize(station)
         for win, pred in tips:
@@ -387,20 +392,26 @@ class Lane:
             self.host.station_failed(station, exc)
 
     def _pick_final(self, station: Station) -> None:
+        """Take the station's newly final stacked values out of its sums, scan them, close finished blocks.
+
+        The values are read and scanned in one numba call (``PhasePickers.take_scan``)
+        into the lane's scratch buffers; only the ``on_stacked`` tap, which may keep
+        what it is given, gets an array of its own.
+        """
         sched = station.scheduler
         tap = self.host.on_stacked
         while sched.blocks:
             block = sched.blocks[0]
             final_to = sched.final_to(block)
             if final_to > block.picked_to:
-                values = np.empty((len(self.labels), final_to - block.picked_to), dtype=np.float64)
-                dsp.take_stacked(station.acc, station.cnt, block.picked_to, final_to, self.use_max, values)
-                if tap is not None:
-                    tap(station.key, block.picked_to, values)
                 skips = None
                 if block.pick_from is not None:  # resumed block: each phase was picked up to its own index
                     skips = {k: block.pick_from.get(self.labels[k], 0) - block.picked_to for k in station.pickers}
-                for k, trig in station.pickers.scan(values, block.picked_to, skips):
+                values, triggers = station.pickers.take_scan(station.acc, station.cnt, block.picked_to, final_to, self.use_max,
+                                                             self._scratch, skips, keep=tap is not None)
+                if tap is not None:
+                    tap(station.key, block.picked_to, values)
+                for k, trig in triggers:
                     self._emit(station, block, k, trig)
                 if station.early is not None:  # preliminaries no later final can match any more
                     for k, picker in station.pickers.items():
