@@ -235,3 +235,36 @@ def test_http_endpoint_bounds_half_open_connections_and_closes_promptly():
     for sock in held[1:HTTP_MAX_CONCURRENT]:
         assert sock.recv(100) == b""  # closed by the server, not by its timeout
         sock.close()
+
+
+def test_tally_histograms_export_what_prometheus_client_histograms_would():
+    """The per-record/per-window histograms are plain tallies: same buckets, counts and sums as prometheus_client's own."""
+    import random
+
+    from prometheus_client import Histogram, generate_latest
+
+    from rtpick.publish.metrics import DATA_LATENCY_BUCKETS, TallyHistogram
+
+    rng = random.Random(5)
+    values = [rng.choice(DATA_LATENCY_BUCKETS) for _ in range(50)] + [rng.uniform(-5, 4000) for _ in range(500)] + [0.0, -1.0, 1e9]
+    reference = CollectorRegistry()
+    theirs = Histogram("h", "h", buckets=DATA_LATENCY_BUCKETS, registry=reference)
+    ours = TallyHistogram(DATA_LATENCY_BUCKETS)
+    for v in values:
+        theirs.observe(v)
+        ours.observe(v)
+    buckets, total = ours.buckets()
+    assert buckets == [(s.labels["le"], int(s.value)) for s in reference.collect().__next__().samples if s.name == "h_bucket"]
+    assert total == pytest.approx(reference.get_sample_value("h_sum"))
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, process=False)
+    for v in values:
+        metrics.on_record("OK.SIO..HHZ", 412, v)
+        metrics.on_stage("forward", v)
+    text = generate_latest(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # a valid exposition
+    assert families["rtpick_data_latency_seconds"].type == "histogram" and families["rtpick_stage_latency_seconds"].type == "histogram"
+    assert registry.get_sample_value("rtpick_data_latency_seconds_count") == len(values)
+    assert registry.get_sample_value("rtpick_stage_latency_seconds_bucket", {"stage": "forward", "le": "+Inf"}) == len(values)
+    assert registry.get_sample_value("rtpick_stage_latency_seconds_count", {"stage": "record_to_arrival"}) == len(values)
+    assert registry.get_sample_value("rtpick_records_total", {"station": "OK.SIO"}) == len(values)

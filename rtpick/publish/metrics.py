@@ -1,7 +1,12 @@
 """Prometheus metrics: the pipeline observer, a scrape-time collector, the HTTP endpoint.
 
 :class:`Metrics` implements the pipeline's observer protocol (``on_record`` …
-``on_pick``); hot-loop calls only increment cached label children. Values that
+``on_pick``); hot-loop calls only increment cached label children, and the
+per-record and per-window series (records, samples, data and stage latencies) are
+plain Python tallies exported at scrape time (:class:`HotCollector`): updating
+prometheus_client's counters and histograms (a lock per value, a walk over the
+buckets per observation) cost a few microseconds per record, a large share of
+rtpick's own work on one. Values that
 are read at scrape time (last-data age, buffer fill, stations live) come from
 :class:`PipelineCollector`, which reads the pipeline's state when Prometheus
 scrapes. Labels are bounded: ``station`` (NET.STA for the first
@@ -22,13 +27,15 @@ import platform
 import socket
 import threading
 import time
+from bisect import bisect_left
 from socketserver import ThreadingMixIn
 from typing import Any, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from rtpick.ingest.seedlink import ERROR_CAUSES as INGEST_ERROR_CAUSES  # every cause starts at 0
 from rtpick.types import NS_PER_S, Pick
@@ -102,14 +109,11 @@ class Metrics:
         r = self.registry
         if process:
             ProcessCollector(registry=r)
-        self.records = Counter("rtpick_records_total", "Records (data packets) accepted, by station.", ["station"], registry=r)
-        self.samples = Counter("rtpick_samples_total", "Samples accepted, by station.", ["station"], registry=r)
+        self.hot = HotCollector(self.station_label)
+        r.register(self.hot)
         self.gaps = Counter("rtpick_gaps_total", "Gaps in a channel's data, by station.", ["station"], registry=r)
         self.overlaps = Counter("rtpick_overlaps_total", "Overlapping or duplicate records dropped, by station.", ["station"], registry=r)
         self.rejected = Counter("rtpick_records_rejected_total", "Records rejected as invalid or not selected, by cause.", ["cause"], registry=r)
-        self.data_latency = Histogram(
-            "rtpick_data_latency_seconds", "Wall clock at arrival minus the end time of the record's last sample.", buckets=DATA_LATENCY_BUCKETS, registry=r
-        )
         self.windows = Counter("rtpick_windows_total", "Model windows computed.", registry=r)
         self.batch_size = Histogram("rtpick_batch_size", "Windows per forward pass.", buckets=BATCH_BUCKETS, registry=r)
         self.inference = Histogram("rtpick_inference_seconds", "Duration of one forward pass (one batch).", buckets=INFERENCE_BUCKETS, registry=r)
@@ -120,12 +124,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.stage_latency = Histogram(
-            "rtpick_stage_latency_seconds",
-            "Latency per stage: record_to_arrival (record end to arrival), arrival_to_batch (arrival of a window's newest record to its batch), "
-            "batch_wait (window due to its batch), forward (one forward pass), picking (stacking and picking of one batch), publish (pick made to published).",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
-        )
         self.pick_added = Histogram(
             "rtpick_pick_added_latency_seconds", "Latency rtpick added to a pick: its publication minus the arrival of the newest data it depended on, by status.",
             ["status"], buckets=LATENCY_BUCKETS, registry=r,
@@ -135,7 +133,7 @@ class Metrics:
             ["status"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.early_picks = Counter("rtpick_early_picks_total", "Preliminary picks and retractions (early.enabled), by status.", ["status"], registry=r)
-        self._stages = {stage: self.stage_latency.labels(stage) for stage in STAGES}
+        self._stages = self.hot.stages
         for status in PICK_STATUSES:
             self.pick_added.labels(status)
             self.pick_delay.labels(status)
@@ -155,21 +153,20 @@ class Metrics:
             self.picks.labels(phase, "default")
         for final in ("false", "true"):
             self.events.labels(final)
-        self._station: dict[str, tuple[Any, Any]] = {}
         self._causes: dict[str, Any] = {cause: self.rejected.labels(cause) for cause in REJECT_CAUSES}
 
     # -- pipeline observer protocol -----------------------------------------------------------
 
     def on_record(self, stream_id: str, n_samples: int, arrival_latency_s: float) -> None:
-        children = self._station.get(stream_id)
-        if children is None:
+        tally = self.hot.streams.get(stream_id)
+        if tally is None:
             station = self.station_label(station_of(stream_id))
-            children = self._station[stream_id] = (self.records.labels(station), self.samples.labels(station))
+            tally = self.hot.add_stream(stream_id, station)
             self.gaps.labels(station)  # every station shows its gap/overlap counters, at 0 until one happens
             self.overlaps.labels(station)
-        children[0].inc()
-        children[1].inc(n_samples)
-        self.data_latency.observe(arrival_latency_s)
+        tally[0] += 1
+        tally[1] += n_samples
+        self.hot.data_latency.observe(arrival_latency_s)
         self._stages["record_to_arrival"].observe(max(arrival_latency_s, 0.0))
 
     def on_gap(self, stream_id: str) -> None:
@@ -250,6 +247,86 @@ class Metrics:
         collector = IngestCollector(ingest)
         self.registry.register(collector)
         return collector
+
+
+class TallyHistogram:
+    """A histogram counted in plain Python: a bucket search in C and two additions per observation.
+
+    Exported by :class:`HotCollector` with prometheus_client's bucket semantics (an
+    observation counts in the first bucket whose bound is at or above it). A lock
+    keeps the counts exact if more than one thread observes (the pipeline thread
+    does nearly all of it); a scrape copies them.
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "_lock")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self.counts[bisect_left(self.bounds, value)] += 1
+            self.sum += value
+
+    def buckets(self) -> tuple[list[tuple[str, int]], float]:
+        """(le, cumulative count) per bucket, +Inf last, and the sum: a consistent copy."""
+        with self._lock:
+            counts, total = list(self.counts), self.sum
+        cumulative, out = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), counts):
+            cumulative += count
+            out.append((floatToGoString(bound), cumulative))
+        return out, total
+
+
+class HotCollector(Collector):
+    """The series updated per record and per window, kept as plain tallies and exported at scrape time.
+
+    ``rtpick_records_total``/``rtpick_samples_total`` by station (each stream id's
+    [records, samples] list, summed per ``station`` label when scraped),
+    ``rtpick_data_latency_seconds`` and ``rtpick_stage_latency_seconds`` by stage.
+    Only the pipeline thread adds stream ids; a scrape reads a snapshot of them.
+    """
+
+    def __init__(self, labels: StationLabels) -> None:
+        self.labels = labels
+        self.streams: dict[str, list[int]] = {}  # stream id -> [records, samples]
+        self._stream_label: dict[str, str] = {}
+        self.data_latency = TallyHistogram(DATA_LATENCY_BUCKETS)
+        self.stages = {stage: TallyHistogram(STAGE_BUCKETS) for stage in STAGES}
+
+    def add_stream(self, stream_id: str, station_label: str) -> list[int]:
+        """A new stream id's tally, counted under ``station_label``."""
+        self._stream_label[stream_id] = station_label
+        tally = self.streams[stream_id] = [0, 0]
+        return tally
+
+    def collect(self) -> Iterable:
+        records = CounterMetricFamily("rtpick_records", "Records (data packets) accepted, by station.", labels=["station"])
+        samples = CounterMetricFamily("rtpick_samples", "Samples accepted, by station.", labels=["station"])
+        by_station: dict[str, list[int]] = {}
+        for stream_id, label in list(self._stream_label.items()):
+            tally = self.streams[stream_id]
+            total = by_station.setdefault(label, [0, 0])
+            total[0] += tally[0]
+            total[1] += tally[1]
+        for label, (n_records, n_samples) in by_station.items():
+            records.add_metric([label], n_records)
+            samples.add_metric([label], n_samples)
+        data = HistogramMetricFamily("rtpick_data_latency_seconds", "Wall clock at arrival minus the end time of the record's last sample.")
+        data.add_metric([], *self.data_latency.buckets())
+        stages = HistogramMetricFamily(
+            "rtpick_stage_latency_seconds",
+            "Latency per stage: record_to_arrival (record end to arrival), arrival_to_batch (arrival of a window's newest record to its batch), "
+            "batch_wait (window due to its batch), forward (one forward pass), picking (stacking and picking of one batch), publish (pick made to published).",
+            labels=["stage"],
+        )
+        for stage, histogram in self.stages.items():
+            stages.add_metric([stage], *histogram.buckets())
+        return [records, samples, data, stages]
 
 
 class PipelineCollector(Collector):
