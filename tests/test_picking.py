@@ -40,22 +40,37 @@ def test_trigger_open_at_block_end_closes_at_last_sample():
     assert picker.close() == []
 
 
+def scan_each(pickers: dict[int, TriggerPicker], values: np.ndarray, base: int, skips: dict[int, int] | None) -> list:
+    """The reference: each phase's own picker over its row, from its skip (clipped to the range) on, in class order."""
+    n = values.shape[1]
+    out = []
+    for k, picker in pickers.items():
+        skip = min(max(0, (skips or {}).get(k, 0)), n)
+        out += [(k, t) for t in picker.scan(np.ascontiguousarray(values[k, skip:]), base + skip)]
+    return out
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_station_pickers_scan_all_phases_like_one_picker_each(seed):
     """One call for all phases (with per-phase skips of a resumed block) gives each phase's own triggers, in class order."""
     rng = np.random.default_rng(seed)
     values = np.clip(np.stack([np.convolve(rng.random(3000) ** 8, np.hanning(40), "same") / 4 for _ in range(3)]), 0, 1)
+    values = values.astype(np.float32).astype(np.float64)  # what float32 stacking sums hold
     thresholds = {0: 0.3, 2: 0.2}
     station = PhasePickers(thresholds)
     single = {k: TriggerPicker(thr) for k, thr in thresholds.items()}
+    acc = np.zeros((3, 3500), dtype=np.float32)  # each sample stacked once: its value is its sum
+    cnt = np.zeros((3, 3500), dtype=np.int16)
+    scratch = ScanScratch()
     expected, got, i = [], [], 0
     skips = {0: 17, 2: 0}
     while i < values.shape[1]:
         n = int(rng.integers(1, 700))
-        for k, picker in single.items():
-            skip = min(skips[k], n) if i == 0 else 0
-            expected += [(k, t) for t in picker.scan(values[k, i + skip:i + n], 500 + i + skip)]
-        got += station.scan(values[:, i:i + n], 500 + i, skips if i == 0 else None)
+        chunk = values[:, i:i + n]
+        expected += scan_each(single, chunk, 500 + i, skips if i == 0 else None)
+        acc[:, 500 + i:500 + i + chunk.shape[1]] = chunk
+        cnt[:, 500 + i:500 + i + chunk.shape[1]] = 1
+        got += station.take_scan(acc, cnt, 500 + i, 500 + i + chunk.shape[1], False, scratch, skips if i == 0 else None)[1]
         i += n
     assert got and got == expected
     assert all(station[k].open_since == single[k].open_since for k in thresholds)
@@ -66,7 +81,7 @@ def test_station_pickers_scan_all_phases_like_one_picker_each(seed):
 
 @pytest.mark.parametrize("use_max", [False, True], ids=["avg", "max"])
 def test_take_scan_equals_take_stacked_then_scan(use_max):
-    """The lane's one-call path gives the values, triggers, picker states and cleared sums of take_stacked + scan.
+    """The lane's one-call path gives the values, cleared sums, triggers and picker states of take_stacked + each phase's picker.
 
     Ranges of varying length (the reused scratch is sometimes longer than needed),
     one that wraps the ring, one longer than the ring, a resumed range with per-phase
@@ -75,7 +90,7 @@ def test_take_scan_equals_take_stacked_then_scan(use_max):
     rng = np.random.default_rng(7)
     classes, cap = 3, 700
     thresholds = {0: 0.3, 2: 0.2}
-    fused, separate = PhasePickers(thresholds), PhasePickers(thresholds)
+    fused, separate = PhasePickers(thresholds), {k: TriggerPicker(thr) for k, thr in thresholds.items()}
     scratch = ScanScratch()
     acc = np.zeros((classes, cap), dtype=RingPool(3, classes, 1, slots=1).acc.dtype)
     cnt = np.zeros((classes, cap), dtype=np.int16)
@@ -91,7 +106,7 @@ def test_take_scan_equals_take_stacked_then_scan(use_max):
         acc2, cnt2 = acc.copy(), cnt.copy()
         values = np.empty((classes, n))
         dsp.take_stacked(acc2, cnt2, pos, pos + n, use_max, values)
-        expected += separate.scan(values, pos, skips)
+        expected += scan_each(separate, values, pos, skips)
         kept, triggers = fused.take_scan(acc, cnt, pos, pos + n, use_max, scratch, skips, keep=keep)
         got += triggers
         np.testing.assert_array_equal(acc, acc2)  # the range is cleared alike
@@ -102,7 +117,7 @@ def test_take_scan_equals_take_stacked_then_scan(use_max):
         else:
             assert kept is None
             np.testing.assert_array_equal(scratch.values[:classes * n].reshape(classes, n), values)
-        np.testing.assert_array_equal(fused.states, separate.states)
+        np.testing.assert_array_equal(fused.states, np.stack([picker.state for picker in separate.values()]))
         pos += n
     assert len(expected) > 3 and got == expected
     assert len(scratch.values) >= classes * 650  # grown once for the longest unkept range, then reused

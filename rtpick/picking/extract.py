@@ -209,10 +209,10 @@ class PhasePickers(Mapping[int, TriggerPicker]):
     """The pickers of one station, by class index, with their states in one array.
 
     A mapping like ``{class index: TriggerPicker}`` (each picker's state is a row of
-    ``states``), plus :meth:`scan`, which advances all of them over a station's newly
-    final samples in one numba call: the per-window picking of thousands of stations
-    costs one call per station rather than one per phase. :meth:`take_scan` also reads
-    those samples out of the station's stacking sums in that call (the lane's path).
+    ``states``), plus :meth:`take_scan`, which reads a station's newly final samples
+    out of its stacking sums and advances all of them over those samples in one numba
+    call: the per-window picking of thousands of stations costs one call per station
+    rather than two plus one per phase.
     """
 
     def __init__(self, thresholds: Mapping[int, float]):
@@ -234,29 +234,18 @@ class PhasePickers(Mapping[int, TriggerPicker]):
         """No trigger on, none in progress (a station restart); thresholds stay."""
         self.states[:, :_THRESHOLD] = 0.0
 
-    def scan(self, values: np.ndarray, base: int, skips: Mapping[int, int] | None = None) -> list[tuple[int, Trigger]]:
-        """Consume final samples ``values`` (classes × samples; absolute index of the first: ``base``), all phases.
-
-        ``skips``: per class, leading samples not to scan (a resumed block whose phase
-        was picked further than the others). Returns (class index, trigger) of the
-        closed triggers, phase by phase in class order.
-        """
-        n = values.shape[1]
-        if n == 0 or not len(self.classes):
-            return []
-        out = np.empty((len(self.classes) * (n // 2 + 2), _OUT_COLUMNS), dtype=np.float64)
-        return self._triggers(out, _scan_phases(values, base, self.classes, self._skip_array(skips, n), self.states, out))
-
     def take_scan(self, acc: np.ndarray, cnt: np.ndarray, start: int, stop: int, use_max: bool, scratch: ScanScratch,
                   skips: Mapping[int, int] | None = None, keep: bool = False) -> tuple[np.ndarray | None, list[tuple[int, Trigger]]]:
-        """Take the final stacked values ``[start, stop)`` out of ring sums ``acc``/``cnt`` and :meth:`scan` them, in one numba call.
+        """Take the final stacked values ``[start, stop)`` out of ring sums ``acc``/``cnt`` and advance every phase's picker over them, in one numba call.
 
         ``acc``/``cnt`` are the station's (classes, capacity) sums; the range is read
         and cleared as by :func:`~rtpick.stream.dsp.take_stacked` and must not be
         empty. The values go to ``scratch`` (reused, see :class:`ScanScratch`); with
         ``keep`` to an array of their own instead, returned as (classes, stop - start)
         for the caller to keep (the ``on_stacked`` tap); otherwise None is returned in
-        its place. ``skips`` as in :meth:`scan`. Returns (values or None, triggers).
+        its place. ``skips``: per class, leading samples not to scan (a resumed block
+        whose phase was picked further than the others). Returns (values or None,
+        (class index, trigger) of the closed triggers, phase by phase in class order).
         """
         n = stop - start
         size = acc.shape[0] * n
@@ -271,15 +260,11 @@ class PhasePickers(Mapping[int, TriggerPicker]):
         if out.shape[0] < rows:
             out = scratch.triggers = np.empty((rows, _OUT_COLUMNS), dtype=np.float64)
         m = _take_scan_phases(acc, cnt, start, stop, use_max, flat, self.classes, self._skip_array(skips, n), self.states, out)
-        return (flat.reshape(acc.shape[0], n) if keep else None), self._triggers(out, m)
+        triggers = [(int(self.classes[int(out[r, 0])]), TriggerPicker._trigger(out[r, 1:])) for r in range(m)]
+        return (flat.reshape(acc.shape[0], n) if keep else None), triggers
 
     def _skip_array(self, skips: Mapping[int, int] | None, n: int) -> np.ndarray:
-        """Per picker row, leading samples not to scan, clipped to [0, n] (see :meth:`scan`)."""
+        """Per picker row, leading samples not to scan, clipped to [0, n] (see :meth:`take_scan`)."""
         if skips is None:
             return self._no_skips
         return np.array([min(max(0, skips.get(int(k), 0)), n) for k in self.classes], dtype=np.int64)
-
-    def _triggers(self, out: np.ndarray, m: int) -> list[tuple[int, Trigger]]:
-        """(class index, trigger) of the first ``m`` rows ``_scan_phases`` wrote to ``out``."""
-        classes = self.classes
-        return [(int(classes[int(out[r, 0])]), TriggerPicker._trigger(out[r, 1:])) for r in range(m)]

@@ -25,6 +25,11 @@ from rtpick.types import NS_PER_S, Record
 
 log = logging.getLogger(__name__)
 
+# Segments looked at when a write extends one or a scan asks whether one spans a range:
+# each component's open segment is usually among the last few (a station has up to 3
+# components); one older is only found again by a ring scan or started anew, never lost.
+RECENT_SEGMENTS = 6
+
 
 def grid_ns(index: int, sampling_rate: float) -> int:
     """Time (integer ns) of grid index ``index``; exact integer arithmetic for integer rates.
@@ -114,7 +119,7 @@ class GroupBuffer:
         return done
 
     def _extend_segment(self, component: int, first: int, last: int, offset_ns: float) -> None:
-        for seg in reversed(self.segments[-6:]):
+        for seg in reversed(self.segments[-RECENT_SEGMENTS:]):
             if seg.component == component and seg.last == first - 1 and seg.offset_ns == offset_ns:
                 seg.last = last
                 return
@@ -157,7 +162,7 @@ class GroupBuffer:
         """
         if self.lead is None or self.lead - start > self.capacity:
             return False
-        for seg in self.segments[-6:]:
+        for seg in self.segments[-RECENT_SEGMENTS:]:
             if seg.first <= start and seg.last >= stop - 1:
                 return True
         return False

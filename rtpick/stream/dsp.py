@@ -14,9 +14,10 @@ to a few percent of the model forward.
   the hot path is a few array stores, not a Python call into numba per window;
   stacking adds predictions into ring accumulators (``avg``/``max``; NaN = blinded,
   not counted) as SeisBench's ``annotate`` does, :func:`take_stacked` reads them out.
-* :func:`ring_put` / :func:`ring_first` — a station's ring write and the scan for the
-  next block edge, one call each instead of several NumPy slice operations (they run
-  once per channel and window step: the per-station part of the hot path);
+* :func:`ring_put` / :func:`ring_first` — a station's ring write (all its channels)
+  and the scan for the next block edge, one call each instead of several NumPy slice
+  operations (they run once per station and window step: the per-station part of the
+  hot path);
   :func:`ring_clear` marks a hole or a given-up component's samples as missing.
 """
 
