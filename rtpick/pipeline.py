@@ -164,8 +164,9 @@ class Pipeline:
 
         A record that continues its channel exactly is *staged* (accepted, written
         later): a station's staged records are written and scanned together once
-        its slowest component reaches the end of its next window (or ``poll``,
-        ``drain``, ``flush`` or an irregular record of the station comes first).
+        its slowest component completes its next windows, as many as its lane queues
+        at once (``Lane.stage_extra``), or when ``poll``, ``drain``, ``flush`` or an
+        irregular record of the station comes first.
         Windows, stacked values and picks are the same as writing each record at
         once; picks may come out a few records later within a burst, never later
         than the next ``poll`` (the daemon polls whenever its input queue is empty).
@@ -178,15 +179,17 @@ class Pipeline:
             return self._take()
         station: Station = feed.group.owner  # type: ignore[attr-defined]
         now = time.time()
-        if feed.stage(record, now):  # the common case: the channel's next record, checked there
-            n = len(record.samples)
+        n = feed.stage(record, now)  # the common case: the channel's next record, checked there
+        if n:
+            end_ns = feed.expected_ns  # where the record ended, within half a sample
             if self.observer is not None:
-                self.observer.on_record(record.stream_id, n, now - record.end_ns / NS_PER_S)
-            self.stats.records += 1
-            self.stats.samples += n
+                self.observer.on_record(record.stream_id, n, now - end_ns / NS_PER_S)
+            stats = self.stats
+            stats.records += 1
+            stats.samples += n
             station.last_arrival = now
-            if feed.expected_ns > station.last_data_ns:
-                station.last_data_ns = feed.expected_ns
+            if end_ns > station.last_data_ns:
+                station.last_data_ns = end_ns
             self._staged[station.key] = station
             if not ((feed.seg_base + feed.seg_n_in >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
                 return self._take()  # nothing was queued: no batch can have become due
@@ -212,8 +215,9 @@ class Pipeline:
     def _staged_due(station: Station) -> bool:
         """Would the station's staged data complete its next window (slowest live component there, or the lead past the component wait)?"""
         filled = station.buffer.filled_to
-        ends = [f.staged_to if f.staged else filled[f.component] or 0 for f in station.feeds]
-        return min(ends) >= station.write_at or max(ends) - station.lane.wait_samples >= station.write_at
+        ends = [f.seg_base + f.seg_n_in if f.staged else filled[f.component] or 0 for f in station.feeds]  # ChannelFeed.staged_to
+        write_at = station.write_at
+        return min(ends) >= write_at or max(ends) - station.lane.wait_samples >= write_at
 
     def _write_staged(self, station: Station) -> None:
         """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record."""
@@ -254,7 +258,8 @@ class Pipeline:
             while lane.at_risk(station):
                 lane.run_batch()
         finally:
-            station.write_at = station.scheduler.next_window_end()
+            end = station.scheduler.next_window_end()
+            station.write_at = end + lane.stage_extra if end else 0
 
     def _ingest(self, feed: ChannelFeed, record: Record, now: float) -> None:
         station: Station = feed.group.owner  # type: ignore[attr-defined]
@@ -536,7 +541,10 @@ class Pipeline:
             self.observer.on_pick(pick, time.time() - arrival)
 
     def _take(self) -> list[Pick]:
-        out, self._out = self._out, []
+        out = self._out
+        if not out:
+            return []  # (a new list: callers may keep or extend what they get)
+        self._out = []
         return out
 
     # ---------------------------------------------------------------- errors

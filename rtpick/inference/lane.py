@@ -75,7 +75,7 @@ class Station:
     tip_end: int = -1  # data end of the last tip window (no second one on the same data)
     final_arrival: float = 0.0  # arrival of the newest record behind the latest finality step (latency of final picks)
     slot: int = -1  # the station's slot in its lane's RingPool (ring and stacking sums)
-    write_at: int = 0  # staged records are written once the slowest component reaches this index (its next window end)
+    write_at: int = 0  # staged records are written once the slowest component reaches this index (its next window end + lane.stage_extra)
 
     def frontier(self) -> int | None:
         """Index one past the station's newest sample (None before its first record)."""
@@ -145,11 +145,17 @@ class Lane:
         self.wait_samples = int(round(stream.component_wait_s * self.fs))
         # a forward jump larger than this restarts the station (see rtpick.pipeline)
         self.jump_samples = max(self.capacity // 2, self.wait_samples)
-        # a station is at risk once its oldest pending window starts this far behind its data:
-        # two windows of margin, reduced to one where the ring is just two windows plus a step
-        # (the shortest allowed, e.g. a 50 Hz PhaseNet with the default ring), so that such a
-        # lane still has one step of slack to fill batches instead of running every window alone
-        self.risk_samples = self.capacity - min(2 * self.in_samples, self.capacity - self.in_samples - self.step)
+        # a station is at risk once its oldest pending window starts this far behind its data. Every write is
+        # checked beforehand with the frontier it will reach (at_risk's ``frontier``), so one window of margin
+        # is plenty (it absorbs a resampler's rounding); the shortest ring (two windows plus a step, e.g. a
+        # 50 Hz PhaseNet with the default ring) still keeps one step of slack to fill batches
+        self.risk_samples = self.capacity - self.in_samples
+        # a station's staged records are written once they complete this much past its next window: as many
+        # windows per write as leave room for one more such write while they wait in the queue without the
+        # station being at risk (3 for PhaseNet at a 10 s stride with the default ring, 1 with the shortest),
+        # so its write, scan and scheduling run once per that many windows
+        per_write = max(1, (self.risk_samples - self.in_samples + self.step) // (2 * self.step))
+        self.stage_extra = (per_write - 1) * self.step
         early = host.config.early
         self.early_on = early.enabled
         self.tip_interval = early.interval_s

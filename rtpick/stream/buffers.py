@@ -218,7 +218,7 @@ class ChannelFeed:
     resampler: Resampler | None = None
     failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
     quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
-    counters: dict = field(default_factory=lambda: {"records": 0, "samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})
+    counters: dict = field(default_factory=lambda: {"samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})  # samples: native, counted as written (staged ones at their commit); records: the pipeline counts them
     staged: list = field(default_factory=list)  # native-rate sample arrays accepted but not yet written (see stage)
     staged_arrival: float = 0.0  # wall time the newest staged record arrived
 
@@ -227,8 +227,8 @@ class ChannelFeed:
         """Grid index one past the newest sample accepted, staged ones included (meaningful while staging: native rate = model rate)."""
         return self.seg_base + self.seg_n_in
 
-    def stage(self, record: Record, now: float) -> bool:
-        """Accept ``record`` without writing it yet if it continues the open segment exactly; else False (use :meth:`push`).
+    def stage(self, record: Record, now: float) -> int:
+        """Accept ``record`` without writing it yet if it continues the open segment exactly; returns its samples, 0 if not (use :meth:`push`).
 
         Exactly: same rate, no resampling, starting within half a sample of where
         the segment ends (as :meth:`push` tells gaps and overlaps), with samples the
@@ -238,23 +238,25 @@ class ChannelFeed:
         moves at once, so the next record's continuity is checked against it; only
         the ring write waits for :meth:`commit`, so a station's records are written
         and scanned once per window step instead of once per record (the hot path
-        of a catching-up or replaying daemon).
+        of a catching-up or replaying daemon). Runs once per record: every check
+        and update is inline (no call, no dict).
         """
         expected = self.expected_ns
         samples = record.samples
         if expected is None or self.resampler is not None or self.quarantined_until or record.sampling_rate != self.sampling_rate:
-            return False
+            return 0
         kind = samples.dtype.kind
-        if samples.ndim != 1 or not len(samples) or not (kind in "iu" or (kind == "f" and np.isfinite(samples).all())):
-            return False
+        if samples.ndim != 1 or not (kind in "iu" or (kind == "f" and np.isfinite(samples).all())):
+            return 0
+        n = len(samples)
         half = self.half_ns
-        if not -half <= record.start_ns - expected <= half:
-            return False
-        self.counters["records"] += 1
-        self._extend(len(samples))
+        if not n or not -half <= record.start_ns - expected <= half:
+            return 0
+        self.seg_n_in += n
+        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)  # as _extend
         self.staged.append(samples)
         self.staged_arrival = now
-        return True
+        return n
 
     def commit(self) -> None:
         """Write the staged samples, if any (one ring write)."""
@@ -278,6 +280,7 @@ class ChannelFeed:
         for f in feeds:
             n = f.seg_n_in - f.seg_n_out  # staged samples: native rate = model rate while staging
             pieces.append((f.component, f.seg_base + f.seg_n_out, src, n, f.seg_offset_ns))
+            f.counters["samples"] += n
             src += n
         for f, (_, late) in zip(feeds, feeds[0].group.write_pieces(pieces, values)):
             f.staged = []
@@ -296,7 +299,6 @@ class ChannelFeed:
         self.commit()
         events: list[str] = []
         samples = record.samples
-        self.counters["records"] += 1
         if self.expected_ns is not None and record.sampling_rate != self.sampling_rate:
             events.append("rate_change")
             self.counters["rate_changes"] += 1
@@ -336,6 +338,8 @@ class ChannelFeed:
 
     def drop_segment(self) -> None:
         """Forget the current segment without flushing (after a fault or a station restart)."""
+        if self.staged:  # received and accepted: counted as if written
+            self.counters["samples"] += self.seg_n_in - self.seg_n_out
         self.staged = []
         self.resampler = None
         self.expected_ns = None
