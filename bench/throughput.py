@@ -11,7 +11,9 @@ Each of these per inference backend (``--backend``, see rtpick.inference.backend
 ``--device``; ``rtpick`` also per ``--forward-worker`` setting (the forward on its own
 thread, gathering the next batch meanwhile; 'auto' = on for CUDA). Then the pipeline alone: microseconds per record with the model
 stubbed out (the forward returns zeros), which is what the streaming spine costs
-on top of the model.
+on top of the model: from a fresh pipeline (station creation and the first touch of
+every ring page included) and in steady state (after as much data again was
+streamed untimed, as in a daemon that has been running).
 
 ``--shards K`` adds rtpick as K instances on the same device (sharded deployment,
 ``rtpick@NAME``): K processes, each streaming its own 1/K of the stations through its
@@ -127,6 +129,20 @@ def run_rtpick(cfg: Config, loaded, records, stub: bool = False) -> tuple[float,
     t0 = time.perf_counter()
     feed_all(pipe, records)
     return time.perf_counter() - t0, pipe.stats.windows
+
+
+def run_stub_steady(cfg: Config, loaded, records, seconds: int) -> float:
+    """Microseconds per record of the stubbed pipeline in steady state: the first ``seconds`` of ``records``
+    are streamed untimed (stations created, rings and stacking sums touched, as in a daemon that has run
+    for a while), the rest is timed, flush included."""
+    pipe = build_pipeline(cfg, loaded, stub=True)
+    warm = [r for r in records if r.end_ns <= T0_NS + seconds * NS_PER_S]
+    rest = records[len(warm):]
+    for rec in warm:
+        pipe.feed(rec)
+    t0 = time.perf_counter()
+    feed_all(pipe, rest)
+    return (time.perf_counter() - t0) / len(rest) * 1e6
 
 
 def shard_of(stream_id: str, shards: int) -> int:
@@ -321,10 +337,16 @@ def main() -> None:
             shards.close()
     if args.stub_stations:
         stub_records = make_records(args.stub_stations, args.seconds)
+        steady_records = make_records(args.stub_stations, 2 * args.seconds)
         cfg = bench_config(10.0, args.threads, args.batch, device=args.device)
-        per = [run_rtpick(cfg, loaded, stub_records, stub=True)[0] / len(stub_records) * 1e6 for _ in range(args.repeats)]
-        print(f"\npipeline with the model stubbed, {args.stub_stations} stations x {args.seconds} s, "
-              f"{len(stub_records)} records of 412 samples: {statistics.median(per):.1f} us per record (min {min(per):.1f}, max {max(per):.1f})")
+        fresh, steady = [], []
+        for _ in range(args.repeats):  # interleaved
+            fresh.append(run_rtpick(cfg, loaded, stub_records, stub=True)[0] / len(stub_records) * 1e6)
+            steady.append(run_stub_steady(cfg, loaded, steady_records, args.seconds))
+        print(f"\npipeline with the model stubbed, {args.stub_stations} stations x {args.seconds} s, records of 412 samples, us per record:")
+        print(f"  from a fresh pipeline ({len(stub_records)} records): {statistics.median(fresh):.1f} (min {min(fresh):.1f}, max {max(fresh):.1f})")
+        print(f"  steady state (the next {args.seconds} s, after the first were streamed untimed): "
+              f"{statistics.median(steady):.1f} (min {min(steady):.1f}, max {max(steady):.1f})")
     print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     for n in args.rss_stations:
         for seconds in (args.rss_seconds // 2, args.rss_seconds):

@@ -192,7 +192,7 @@ class Pipeline:
                 station.last_data_ns = end_ns
             self._staged[station.key] = station
             if not ((feed.seg_base + feed.seg_n_in >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
-                return self._take()  # nothing was queued: no batch can have become due
+                return []  # nothing was queued or picked (every call hands out its picks before it returns)
             self._write_staged(station)
         else:
             if not self._valid(record, feed):
@@ -224,10 +224,12 @@ class Pipeline:
         if self._staged.pop(station.key, None) is None:
             return
         lane = station.lane
-        frontier = station.frontier()
+        frontier = station.buffer.lead
         if frontier is not None:
-            ahead = max((feed.staged_to for feed in station.feeds if feed.staged), default=frontier)
-            while lane.at_risk(station, max(ahead, frontier)):
+            for feed in station.feeds:
+                if feed.staged and feed.seg_base + feed.seg_n_in > frontier:  # ChannelFeed.staged_to
+                    frontier = feed.seg_base + feed.seg_n_in
+            while lane.at_risk(station, frontier):
                 lane.run_batch()
         staged = [feed for feed in station.feeds if feed.staged]  # (a batch above may have restarted the station)
         try:
