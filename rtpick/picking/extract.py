@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from rtpick.stream.dsp import take_stacked
+from rtpick.stream.dsp import take_classes
 
 # state vector layout (the threshold rides along, so a station's pickers are one array for numba)
 _ACTIVE, _S0, _S1, _PEAK_I, _PEAK_V, _SUM_P, _SUM_PI, _SUM_PI2, _THRESHOLD = range(9)
@@ -123,16 +123,21 @@ def _scan_phases(values, base, rows, skips, states, out):  # pragma: no cover - 
 
 
 @numba.njit(cache=True, nogil=True)
-def _take_scan_phases(acc, cnt, start, stop, use_max, flat, rows, skips, states, out):  # pragma: no cover - numba
+def _take_scan_phases(acc, cnt, start, stop, use_max, keep, flat, rows, skips, states, out):  # pragma: no cover - numba
     """:func:`~rtpick.stream.dsp.take_stacked` then :func:`_scan_phases` over the values taken, in one call.
 
     The values of ``[start, stop)`` go to the first ``classes * (stop - start)``
     elements of the 1-D ``flat``, as a C-ordered (classes, stop - start) array (a
     reused buffer longer than needed keeps that layout, so the loops still
-    vectorise). Returns how many trigger rows were written to ``out``.
+    vectorise); only the classes scanned (``rows``) are computed, unless ``keep``
+    (the values are handed to the ``on_stacked`` tap), the others are only cleared.
+    Returns how many trigger rows were written to ``out``.
     """
     values = flat[:acc.shape[0] * (stop - start)].reshape((acc.shape[0], stop - start))
-    take_stacked(acc, cnt, start, stop, use_max, values)
+    wanted = np.full(acc.shape[0], keep)
+    for k in rows:
+        wanted[k] = True
+    take_classes(acc, cnt, start, stop, use_max, values, wanted)
     return _scan_phases(values, start, rows, skips, states, out)
 
 
@@ -259,7 +264,7 @@ class PhasePickers(Mapping[int, TriggerPicker]):
         out = scratch.triggers
         if out.shape[0] < rows:
             out = scratch.triggers = np.empty((rows, _OUT_COLUMNS), dtype=np.float64)
-        m = _take_scan_phases(acc, cnt, start, stop, use_max, flat, self.classes, self._skip_array(skips, n), self.states, out)
+        m = _take_scan_phases(acc, cnt, start, stop, use_max, keep, flat, self.classes, self._skip_array(skips, n), self.states, out)
         triggers = [(int(self.classes[int(out[r, 0])]), TriggerPicker._trigger(out[r, 1:])) for r in range(m)]
         return (flat.reshape(acc.shape[0], n) if keep else None), triggers
 

@@ -234,13 +234,27 @@ def take_stacked(acc, cnt, start, stop, use_max, out):  # pragma: no cover - num
     the ring: it may be longer than the ring (a station whose windows were dropped
     under overload), and then reads the slots it has just cleared, i.e. NaN.
     """
+    take_classes(acc, cnt, start, stop, use_max, out, np.ones(acc.shape[0], dtype=np.bool_))
+
+
+@numba.njit(cache=True, nogil=True)
+def take_classes(acc, cnt, start, stop, use_max, out, wanted):  # pragma: no cover - numba
+    """:func:`take_stacked` of the classes ``k`` with ``wanted[k]``; the others are only cleared (their rows of ``out`` are left as they are).
+
+    The pickers read P and S, not the noise class: the mean (a division per sample)
+    is computed only for what is read.
+    """
     cap = acc.shape[1]
     pos = start
     while pos < stop:
         j = pos % cap
         m = min(stop - pos, cap - j)
         for k in range(acc.shape[0]):
-            _take_piece(acc[k, j:j + m], cnt[k, j:j + m], use_max, out[k, pos - start:pos - start + m])
+            if wanted[k]:
+                _take_piece(acc[k, j:j + m], cnt[k, j:j + m], use_max, out[k, pos - start:pos - start + m])
+            else:
+                acc[k, j:j + m] = 0.0
+                cnt[k, j:j + m] = 0
         pos += m
 
 
