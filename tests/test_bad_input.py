@@ -126,3 +126,32 @@ def test_rate_zero_and_unresamplable_rates_are_counted_and_logged(loaded, caplog
     assert pipe.stats.rejected == {"unsupported_sampling_rate": 4}
     for sid in ("XX.ABC..HHZ", "XX.DEF..HHZ"):
         assert sum(sid in r.message and "unsupported sampling rate" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("rate", [100.0, 40.0, 200.0, 1.0, 3.0, 0.5, 123.456])
+def test_next_record_start_at_every_rate(rate):
+    """Where a channel's next contiguous record must start: the segment start plus its samples at the rate, to the ns.
+
+    Staged (``stage``) and pushed (``push``) records move it alike; where a sample is a
+    whole number of ns (100 Hz: 10 ms) it is exact even after a day of one segment,
+    elsewhere within a few ns (float division), far inside the half-sample tolerance.
+    """
+    from fractions import Fraction
+
+    from rtpick.stream.buffers import ChannelFeed, GroupBuffer
+
+    t0 = 1_700_000_000 * NS_PER_S
+    feeds = [ChannelFeed("XX.A..HHZ", GroupBuffer("XX.A..HH?", 3, 1000, rate), 0) for _ in range(2)]  # at the model rate: staged
+    n = 0
+    for size in (412, 399, max(1, int(rate * 86_400))):
+        start = feeds[0].expected_ns if n else t0
+        record = Record("XX.A..HHZ", start, rate, np.zeros(size, dtype=np.int32))
+        if n:
+            assert feeds[0].stage(record, 0.0) == size
+        else:
+            feeds[0].push(record)
+        feeds[1].push(record)
+        n += size
+        exact = t0 + round(Fraction(n * NS_PER_S) / Fraction(rate))
+        assert feeds[0].expected_ns == feeds[1].expected_ns
+        assert abs(feeds[0].expected_ns - exact) <= (0 if (NS_PER_S / rate).is_integer() else 4)

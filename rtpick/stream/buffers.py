@@ -215,6 +215,7 @@ class ChannelFeed:
     seg_base: int = 0  # grid index of the segment's first model-rate sample
     seg_offset_ns: float = 0.0
     half_ns: float = 0.0  # half a sample at the segment's rate: records starting this close to expected_ns continue it
+    ns_step: int = 0  # a sample at the segment's rate in whole ns (100 Hz: 10,000,000); 0 where it is not whole
     resampler: Resampler | None = None
     failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
     quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
@@ -245,15 +246,18 @@ class ChannelFeed:
         samples = record.samples
         if expected is None or self.resampler is not None or self.quarantined_until or record.sampling_rate != self.sampling_rate:
             return 0
+        if samples.ndim != 1:
+            return 0
         kind = samples.dtype.kind
-        if samples.ndim != 1 or not (kind in "iu" or (kind == "f" and np.isfinite(samples).all())):
+        if kind not in "iu" and not (kind == "f" and np.isfinite(samples).all()):
             return 0
         n = len(samples)
         half = self.half_ns
         if not n or not -half <= record.start_ns - expected <= half:
             return 0
-        self.seg_n_in += n
-        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)  # as _extend
+        n_in = self.seg_n_in = self.seg_n_in + n
+        step = self.ns_step  # as _extend
+        self.expected_ns = self.seg_start_ns + (n_in * step if step else round(n_in * NS_PER_S / self.sampling_rate))
         self.staged.append(samples)
         self.staged_arrival = now
         return n
@@ -291,8 +295,9 @@ class ChannelFeed:
     def _extend(self, n: int) -> None:
         """The open segment grows by ``n`` native samples: where the next contiguous record must start."""
         self.counters["samples"] += n
-        self.seg_n_in += n
-        self.expected_ns = self.seg_start_ns + round(self.seg_n_in * NS_PER_S / self.sampling_rate)
+        n_in = self.seg_n_in = self.seg_n_in + n
+        step = self.ns_step  # integer arithmetic where a sample is a whole number of ns (exact, and cheaper per record)
+        self.expected_ns = self.seg_start_ns + (n_in * step if step else round(n_in * NS_PER_S / self.sampling_rate))
 
     def push(self, record: Record) -> list[str]:
         """Add a record now (staged samples first); returns the causes of any irregularity ("gap", "overlap", ...)."""
@@ -348,6 +353,8 @@ class ChannelFeed:
         fs = self.group.sampling_rate
         self.sampling_rate = sampling_rate
         self.half_ns = NS_PER_S / sampling_rate / 2
+        rate = float(sampling_rate)
+        self.ns_step = NS_PER_S // int(rate) if rate >= 1 and rate.is_integer() and NS_PER_S % int(rate) == 0 else 0
         self.seg_start_ns = start_ns
         self.seg_n_in = 0
         self.seg_n_out = 0
