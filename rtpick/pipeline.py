@@ -213,7 +213,7 @@ class Pipeline:
 
     @staticmethod
     def _staged_due(station: Station) -> bool:
-        """Would the station's staged data complete its next window (slowest live component there, or the lead past the component wait)?"""
+        """Has the station's staged data reached its write point (``write_at``: slowest live component there, or the lead past the component wait)?"""
         filled = station.buffer.filled_to
         ends = [f.seg_base + f.seg_n_in if f.staged else filled[f.component] or 0 for f in station.feeds]  # ChannelFeed.staged_to
         write_at = station.write_at

@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from rtpick.config import Config
 from rtpick.inference.models import LoadedModel
 from rtpick.ingest.replay import ReplayIngest
 from rtpick.pipeline import Pipeline
+from rtpick.stream.buffers import ChannelFeed, GroupBuffer
 from rtpick.types import NS_PER_S, Record
 
 
@@ -136,10 +138,6 @@ def test_next_record_start_at_every_rate(rate):
     whole number of ns (100 Hz: 10 ms) it is exact even after a day of one segment,
     elsewhere within a few ns (float division), far inside the half-sample tolerance.
     """
-    from fractions import Fraction
-
-    from rtpick.stream.buffers import ChannelFeed, GroupBuffer
-
     t0 = 1_700_000_000 * NS_PER_S
     feeds = [ChannelFeed("XX.A..HHZ", GroupBuffer("XX.A..HH?", 3, 1000, rate), 0) for _ in range(2)]  # at the model rate: staged
     n = 0

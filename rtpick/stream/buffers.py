@@ -238,9 +238,9 @@ class ChannelFeed:
         pipeline's full path, which checks and counts it. The segment bookkeeping
         moves at once, so the next record's continuity is checked against it; only
         the ring write waits for :meth:`commit`, so a station's records are written
-        and scanned once per window step instead of once per record (the hot path
-        of a catching-up or replaying daemon). Runs once per record: every check
-        and update is inline (no call, no dict).
+        and scanned once per few window steps instead of once per record (the hot
+        path of a catching-up or replaying daemon; see ``Pipeline.feed``). Runs once
+        per record: every check and update is inline (no call, no dict).
         """
         expected = self.expected_ns
         samples = record.samples
