@@ -191,6 +191,7 @@ class Pipeline:
             if end_ns > station.last_data_ns:
                 station.last_data_ns = end_ns
             self._staged[station.key] = station
+            # (feed.staged_to, written out: this runs once per record)
             if not ((feed.seg_base + feed.seg_n_in >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
                 return []  # nothing was queued or picked (every call hands out its picks before it returns)
             self._write_staged(station)
@@ -215,7 +216,7 @@ class Pipeline:
     def _staged_due(station: Station) -> bool:
         """Has the station's staged data reached its write point (``write_at``: slowest live component there, or the lead past the component wait)?"""
         filled = station.buffer.filled_to
-        ends = [f.seg_base + f.seg_n_in if f.staged else filled[f.component] or 0 for f in station.feeds]  # ChannelFeed.staged_to
+        ends = [f.staged_to if f.staged else filled[f.component] or 0 for f in station.feeds]
         write_at = station.write_at
         return min(ends) >= write_at or max(ends) - station.lane.wait_samples >= write_at
 
@@ -226,9 +227,7 @@ class Pipeline:
         lane = station.lane
         frontier = station.buffer.lead
         if frontier is not None:
-            for feed in station.feeds:
-                if feed.staged and feed.seg_base + feed.seg_n_in > frontier:  # ChannelFeed.staged_to
-                    frontier = feed.seg_base + feed.seg_n_in
+            frontier = max([feed.staged_to for feed in station.feeds if feed.staged] + [frontier])
             while lane.at_risk(station, frontier):
                 lane.run_batch()
         staged = [feed for feed in station.feeds if feed.staged]  # (a batch above may have restarted the station)
