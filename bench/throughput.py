@@ -59,7 +59,7 @@ import torch  # noqa: E402
 from rtpick.config import Config  # noqa: E402
 from rtpick.inference.models import load_model  # noqa: E402
 from rtpick.ingest.replay import records_from_arrays  # noqa: E402
-from rtpick.pipeline import Pipeline  # noqa: E402
+from rtpick.pipeline import FEED_CHUNK, Pipeline  # noqa: E402
 from rtpick.types import NS_PER_S  # noqa: E402
 
 T0_NS = 1_700_000_000 * NS_PER_S
@@ -117,9 +117,10 @@ def build_pipeline(cfg: Config, loaded, stub: bool = False) -> Pipeline:
     return pipe
 
 
-def feed_all(pipe: Pipeline, records) -> None:
-    for rec in records:
-        pipe.feed(rec)
+def feed_all(pipe: Pipeline, records, chunk: int = FEED_CHUNK) -> None:
+    """Feed ``records`` as the daemon does with a backlog queued (``FEED_CHUNK`` records per ``feed_many``), then flush."""
+    for i in range(0, len(records), chunk):
+        pipe.feed_many(records[i:i + chunk])
     pipe.flush()
 
 

@@ -42,7 +42,7 @@ import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # a channel's staged records are written at the latest after this many (a bound for odd record sizes)
 MAX_STAGED_RECORDS = 256
+# records per feed_many call of a caller with a backlog at hand (the daemon's queue, a replay as fast as possible)
+FEED_CHUNK = 256
 
 
 class PipelineObserver(Protocol):
@@ -160,7 +162,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ input
     def feed(self, record: Record) -> list[Pick]:
-        """Ingest one record, run the full batches of its lane, return the picks made so far.
+        """Ingest one record, run the full batches of its lane, return the picks made so far (see :meth:`feed_many`)."""
+        return self.feed_many((record,))
+
+    def feed_many(self, records: Iterable[Record]) -> list[Pick]:
+        """Ingest records in order, as :meth:`feed` of each; return the picks made so far.
 
         A record that continues its channel exactly is *staged* (accepted, written
         later): a station's staged records are written and scanned together once
@@ -170,47 +176,82 @@ class Pipeline:
         Windows, stacked values and picks are the same as writing each record at
         once; picks may come out a few records later within a burst, never later
         than the next ``poll`` (the daemon polls whenever its input queue is empty).
+        A station's newest data time and arrival (``last_data_ns``, ``last_arrival``:
+        its lag and age on the metrics) move when its staged records are written.
 
-        Never raises for bad input: whatever goes wrong with this record is counted
+        Exactly: same rate as the open segment and no resampling (``stage_rate``),
+        starting within half a sample of where the segment ends (as
+        :meth:`ChannelFeed.push` tells gaps and overlaps), with samples the pipeline
+        would accept (one-dimensional, integer or finite float, not empty). Any
+        other record takes the full path (:meth:`_feed_one`), which checks, counts
+        and writes it at once. The staging below is the hot loop of a catching-up
+        or replaying daemon: it runs once per record, so every check and update is
+        written out here (no call, no dict per record) and the counters are summed
+        once per call; it moves a feed's segment bookkeeping as ``ChannelFeed.push``
+        would, and only the ring write waits (:meth:`ChannelFeed.commit_all`).
+
+        Never raises for bad input: whatever goes wrong with a record is counted
         by cause and logged, and the other channels go on.
         """
-        feed = self.feeds.get(record.stream_id) or self._new_feed(record)
-        if feed is None:
-            return self._take()
-        station: Station = feed.group.owner  # type: ignore[attr-defined]
+        feeds = self.feeds
+        observer = self.observer
         now = time.time()
-        n = feed.stage(record, now)  # the common case: the channel's next record, checked there
-        if n:
-            end_ns = feed.expected_ns  # where the record ended, within half a sample
-            if self.observer is not None:
-                self.observer.on_record(record.stream_id, n, now - end_ns / NS_PER_S)
-            stats = self.stats
-            stats.records += 1
-            stats.samples += n
-            station.last_arrival = now
-            if end_ns > station.last_data_ns:
-                station.last_data_ns = end_ns
-            self._staged[station.key] = station
-            # (feed.staged_to, written out: this runs once per record)
-            if not ((feed.seg_base + feed.seg_n_in >= station.write_at and self._staged_due(station)) or len(feed.staged) >= MAX_STAGED_RECORDS):
-                return []  # nothing was queued or picked (every call hands out its picks before it returns)
-            self._write_staged(station)
+        staged_records = staged_samples = 0
+        try:
+            for record in records:
+                feed = feeds.get(record.stream_id)
+                if feed is not None and record.sampling_rate == feed.stage_rate:  # stage_rate: NaN where it cannot be staged
+                    samples = record.samples
+                    half = feed.half_ns
+                    if -half <= record.start_ns - feed.expected_ns <= half and samples.ndim == 1 and (n := len(samples)):
+                        kind = samples.dtype.kind
+                        if kind in "iu" or kind == "f" and np.isfinite(samples).all():
+                            n_in = feed.seg_n_in = feed.seg_n_in + n
+                            step = feed.ns_step  # as ChannelFeed._extend
+                            end_ns = feed.expected_ns = feed.seg_start_ns + (n_in * step if step else round(n_in * NS_PER_S / feed.sampling_rate))
+                            staged = feed.staged
+                            staged.append(samples)
+                            feed.staged_arrival = now
+                            staged_records += 1
+                            staged_samples += n
+                            if observer is not None:
+                                observer.on_record(record.stream_id, n, now - end_ns / NS_PER_S)
+                            station: Station = feed.group.owner  # type: ignore[attr-defined]
+                            if len(staged) == 1:  # (a station is listed while any of its channels holds staged records)
+                                self._staged[station.key] = station
+                            # (feed.staged_to, written out)
+                            if (feed.seg_base + n_in >= station.write_at and self._staged_due(station)) or len(staged) >= MAX_STAGED_RECORDS:
+                                self._write_staged(station)
+                                self._run_full(station.lane)
+                            continue
+                self._feed_one(record, feed, now)
+        finally:
+            self.stats.records += staged_records
+            self.stats.samples += staged_samples
+        return self._take()
+
+    def _feed_one(self, record: Record, feed: ChannelFeed | None, now: float) -> None:
+        """The full path of one record (a new channel, a gap, an overlap, a rate change, bad samples, ...): checked, counted, written at once."""
+        feed = feed or self._new_feed(record)
+        if feed is None or not self._valid(record, feed):
+            return
+        station: Station = feed.group.owner  # type: ignore[attr-defined]
+        if self.observer is not None:
+            self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
+        self._write_staged(station)  # the station's staged records go first
+        try:
+            self._ingest(feed, record, now)
+        except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
+            self._record_failed(feed, exc)
         else:
-            if not self._valid(record, feed):
-                return self._take()
-            if self.observer is not None:
-                self.observer.on_record(record.stream_id, len(record.samples), now - record.end_ns / NS_PER_S)
-            self._write_staged(station)  # the station's staged records go first
-            try:
-                self._ingest(feed, record, now)
-            except Exception as exc:  # noqa: BLE001 - one record must never stop the pipeline
-                self._record_failed(feed, exc)
-            else:
-                feed.failures = 0
-        lane = station.lane
+            feed.failures = 0
+        self._run_full(station.lane)
+
+    @staticmethod
+    def _run_full(lane: Lane) -> None:
+        """Run the lane's full batches (only the lane of the station just written can have become full)."""
         while lane.batch_due():
             lane.run_batch()
-        return self._take()
 
     @staticmethod
     def _staged_due(station: Station) -> bool:
@@ -231,6 +272,11 @@ class Pipeline:
             while lane.at_risk(station, frontier):
                 lane.run_batch()
         staged = [feed for feed in station.feeds if feed.staged]  # (a batch above may have restarted the station)
+        for feed in staged:  # the newest record's end and arrival (feed_many moves them here, not per record)
+            if feed.expected_ns > station.last_data_ns:
+                station.last_data_ns = feed.expected_ns
+            if feed.staged_arrival > station.last_arrival:
+                station.last_arrival = feed.staged_arrival
         try:
             ChannelFeed.commit_all(staged)
         except Exception as exc:  # noqa: BLE001 - the write of the station's channels failed: they restart (counted), the rest goes on

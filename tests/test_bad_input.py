@@ -134,22 +134,29 @@ def test_rate_zero_and_unresamplable_rates_are_counted_and_logged(loaded, caplog
 def test_next_record_start_at_every_rate(rate):
     """Where a channel's next contiguous record must start: the segment start plus its samples at the rate, to the ns.
 
-    Staged (``stage``) and pushed (``push``) records move it alike; where a sample is a
-    whole number of ns (100 Hz: 10 ms) it is exact even after a day of one segment,
-    elsewhere within a few ns (float division), far inside the half-sample tolerance.
+    Staged records (``Pipeline.feed_many``, at the model's rate) and pushed ones
+    (``ChannelFeed.push``) move it alike; where a sample is a whole number of ns
+    (100 Hz: 10 ms) it is exact even after a day of one segment, elsewhere within a
+    few ns (float division), far inside the half-sample tolerance.
     """
+    import seisbench.models as sbm
+
+    config = Config()
+    config.stream.buffer_seconds = max(config.stream.buffer_seconds, 3 * 3001 / rate)  # a ring of a few windows at this rate
+    pipe = Pipeline(config, LoadedModel(sbm.PhaseNet(sampling_rate=rate).eval(), "test", "", "0" * 64))
+    pushed = ChannelFeed("XX.A..HHZ", GroupBuffer("XX.A..HH?", 3, 1000, rate), 0)
     t0 = 1_700_000_000 * NS_PER_S
-    feeds = [ChannelFeed("XX.A..HHZ", GroupBuffer("XX.A..HH?", 3, 1000, rate), 0) for _ in range(2)]  # at the model rate: staged
     n = 0
     for size in (412, 399, max(1, int(rate * 86_400))):
-        start = feeds[0].expected_ns if n else t0
-        record = Record("XX.A..HHZ", start, rate, np.zeros(size, dtype=np.int32))
-        if n:
-            assert feeds[0].stage(record, 0.0) == size
-        else:
-            feeds[0].push(record)
-        feeds[1].push(record)
+        start = pushed.expected_ns if n else t0
+        for comp in "ZNE":  # a complete station: its block opens at once, so records are staged until its first window
+            pipe.feed(Record(f"XX.A..HH{comp}", start, rate, np.zeros(size, dtype=np.int32)))
+        pushed.push(Record("XX.A..HHZ", start, rate, np.zeros(size, dtype=np.int32)))
         n += size
+        staged = pipe.feeds["XX.A..HHZ"]
+        if size == 399:
+            assert len(staged.staged) == 1  # staged, not written: less than a window so far
         exact = t0 + round(Fraction(n * NS_PER_S) / Fraction(rate))
-        assert feeds[0].expected_ns == feeds[1].expected_ns
-        assert abs(feeds[0].expected_ns - exact) <= (0 if (NS_PER_S / rate).is_integer() else 4)
+        assert staged.expected_ns == pushed.expected_ns
+        assert abs(staged.expected_ns - exact) <= (0 if (NS_PER_S / rate).is_integer() else 4)
+    assert staged.counters["gaps"] == staged.counters["overlaps"] == 0

@@ -68,6 +68,9 @@ class FakePipeline:
         n = len(self.fed)
         return [_pick(n)] if n % 10 == 0 else []
 
+    def feed_many(self, records):
+        return [pick for record in records for pick in self.feed(record)]
+
     def poll(self):
         return []
 

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     plan = startup.plan_lanes(config)
 
     from rtpick.ingest.replay import ReplayIngest
-    from rtpick.pipeline import Pipeline
+    from rtpick.pipeline import FEED_CHUNK, Pipeline
     from rtpick.publish.messages import pick_message
 
     speed = config.replay.speed if args.speed is None else args.speed
@@ -48,8 +48,14 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(pick_message(pick)) + "\n")
         sys.stdout.flush()
 
+    chunk = FEED_CHUNK if speed == 0 else 1  # as fast as possible: fed as the daemon feeds a backlog
+    pending: list = []
     for record in records:
-        emit(pipeline.feed(record))
+        pending.append(record)
+        if len(pending) >= chunk:
+            emit(pipeline.feed_many(pending))
+            pending = []
+    emit(pipeline.feed_many(pending))
     emit(pipeline.flush())
     elapsed = time.perf_counter() - t0
     stats = pipeline.stats

@@ -85,6 +85,7 @@ import numpy as np
 
 from rtpick.config import Config
 from rtpick.ingest.state import IngestState, save_state
+from rtpick.pipeline import FEED_CHUNK
 from rtpick.stream.buffers import grid_ns
 from rtpick.types import NS_PER_S, Pick, Record
 
@@ -365,27 +366,29 @@ class Daemon:
                 self.stats.dropped_at_shutdown += left
                 log.warning("drain timed out: %d queued records not processed (they are re-requested on restart)", left)
                 return
-            try:
-                item = self.queue.get(timeout=0.1)
-            except queue.Empty:
-                item = None
+            items = self._take_queued()
             while not self._calls.empty():
                 fn = self._calls.get()
                 try:
                     fn(self.pipeline)
                 except Exception as exc:  # noqa: BLE001 - e.g. a reload that does not apply: keep running
                     log.error("call in the pipeline thread failed: %s", exc)
-            if item is _END:
-                return
+            ended = bool(items) and items[-1] is _END
+            if ended:
+                items.pop()
             picks: list[Pick] = []
-            if item is not None:
-                record, position = item
-                picks.extend(self.pipeline.feed(record))
-                self._commit(record, position)
+            if items:
+                picks.extend(self.pipeline.feed_many([record for record, _ in items]))
+                for record, position in items:
+                    self._commit(record, position)
+            if ended:
+                self._publish(picks)
+                return
             now = time.monotonic()
             # real time (queue empty after each record): every record is processed at once; a backlog
-            # (catching up after an outage or restart) is processed in chunks, see Pipeline.feed
-            if item is None or self.queue.empty() or now - last_poll >= BUSY_POLL_S:
+            # (catching up after an outage or restart) is fed FEED_CHUNK records at a time and written per
+            # station in chunks of windows (see Pipeline.feed_many)
+            if not items or self.queue.empty() or now - last_poll >= BUSY_POLL_S:
                 picks.extend(self.pipeline.poll())
                 last_poll = now
             self._publish(picks)
@@ -396,6 +399,19 @@ class Daemon:
                     if tick is not None:
                         tick()
             self._save()
+
+    def _take_queued(self) -> list:
+        """What the ingest queued: the next item (waiting at most 0.1 s), then as many more as are there, at most FEED_CHUNK; ``_END`` only last."""
+        try:
+            items = [self.queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        while items[-1] is not _END and len(items) < FEED_CHUNK:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
 
     def _commit(self, record: Record, position: tuple[str, int] | None) -> None:
         self.stats.records_fed += 1

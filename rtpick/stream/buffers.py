@@ -16,6 +16,7 @@ missing samples read as zeros, as SeisBench imputes them.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,47 +221,19 @@ class ChannelFeed:
     failures: int = 0  # consecutive records whose processing raised (quarantine after too many)
     quarantined_until: float = 0.0  # monotonic time; records before it are rejected as "quarantined"
     counters: dict = field(default_factory=lambda: {"samples": 0, "gaps": 0, "overlaps": 0, "duplicates": 0, "rate_changes": 0, "late": 0})  # samples: native, counted as written (staged ones at their commit); records: the pipeline counts them
-    staged: list = field(default_factory=list)  # native-rate sample arrays accepted but not yet written (see stage)
+    # Staging (``rtpick.pipeline.Pipeline.feed_many``): a record that continues the open segment exactly is
+    # accepted without being written yet; the pipeline moves the segment bookkeeping (seg_n_in, expected_ns)
+    # at once, so the next record's continuity is checked against it, and appends its samples here; only
+    # the ring write waits for commit_all, so a station's records are written and scanned once per few
+    # window steps instead of once per record.
+    stage_rate: float = math.nan  # the rate a record must have to be staged: the open segment's, without resampling; NaN otherwise
+    staged: list = field(default_factory=list)  # native-rate sample arrays accepted but not yet written
     staged_arrival: float = 0.0  # wall time the newest staged record arrived
 
     @property
     def staged_to(self) -> int:
         """Grid index one past the newest sample accepted, staged ones included (meaningful while staging: native rate = model rate)."""
         return self.seg_base + self.seg_n_in
-
-    def stage(self, record: Record, now: float) -> int:
-        """Accept ``record`` without writing it yet if it continues the open segment exactly; returns its samples, 0 if not (use :meth:`push`).
-
-        Exactly: same rate, no resampling, starting within half a sample of where
-        the segment ends (as :meth:`push` tells gaps and overlaps), with samples the
-        pipeline would accept (one-dimensional, integer or finite float, not empty)
-        and the channel not quarantined: a record that fails any of these takes the
-        pipeline's full path, which checks and counts it. The segment bookkeeping
-        moves at once, so the next record's continuity is checked against it; only
-        the ring write waits for :meth:`commit`, so a station's records are written
-        and scanned once per few window steps instead of once per record (the hot
-        path of a catching-up or replaying daemon; see ``Pipeline.feed``). Runs once
-        per record: every check and update is inline (no call, no dict).
-        """
-        expected = self.expected_ns
-        samples = record.samples
-        if expected is None or self.resampler is not None or self.quarantined_until or record.sampling_rate != self.sampling_rate:
-            return 0
-        if samples.ndim != 1:
-            return 0
-        kind = samples.dtype.kind
-        if kind not in "iu" and not (kind == "f" and np.isfinite(samples).all()):
-            return 0
-        n = len(samples)
-        half = self.half_ns
-        if not n or not -half <= record.start_ns - expected <= half:
-            return 0
-        n_in = self.seg_n_in = self.seg_n_in + n
-        step = self.ns_step  # as _extend
-        self.expected_ns = self.seg_start_ns + (n_in * step if step else round(n_in * NS_PER_S / self.sampling_rate))
-        self.staged.append(samples)
-        self.staged_arrival = now
-        return n
 
     def commit(self) -> None:
         """Write the staged samples, if any (one ring write)."""
@@ -340,6 +313,7 @@ class ChannelFeed:
             self._write(self.resampler.finish())
         self.resampler = None
         self.expected_ns = None
+        self.stage_rate = math.nan
 
     def drop_segment(self) -> None:
         """Forget the current segment without flushing (after a fault or a station restart)."""
@@ -348,6 +322,7 @@ class ChannelFeed:
         self.staged = []
         self.resampler = None
         self.expected_ns = None
+        self.stage_rate = math.nan
 
     def _start_segment(self, start_ns: int, sampling_rate: float) -> None:
         fs = self.group.sampling_rate
@@ -361,6 +336,7 @@ class ChannelFeed:
         self.seg_base = round(start_ns * fs / NS_PER_S)
         self.seg_offset_ns = float(start_ns - grid_ns(self.seg_base, fs))
         self.resampler = None if sampling_rate == fs else Resampler(sampling_rate, fs, self.resample_response)
+        self.stage_rate = sampling_rate if self.resampler is None else math.nan
         self.expected_ns = start_ns
 
     def _write(self, values: np.ndarray) -> None:
