@@ -257,9 +257,15 @@ class Pipeline:
     def _staged_due(station: Station) -> bool:
         """Has the station's staged data reached its write point (``write_at``: slowest live component there, or the lead past the component wait)?"""
         filled = station.buffer.filled_to
-        ends = [f.staged_to if f.staged else filled[f.component] or 0 for f in station.feeds]
         write_at = station.write_at
-        return min(ends) >= write_at or max(ends) - station.lane.wait_samples >= write_at
+        lead_at = write_at + station.lane.wait_samples
+        behind = False
+        for f in station.feeds:  # (runs a few times per write: a loop, not lists and min/max)
+            end = f.seg_base + f.seg_n_in if f.staged else filled[f.component] or 0  # (f.staged_to, written out)
+            if end >= lead_at:
+                return True
+            behind = behind or end < write_at
+        return not behind
 
     def _write_staged(self, station: Station) -> None:
         """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record."""

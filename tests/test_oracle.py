@@ -118,11 +118,19 @@ def synthetic_stream(rng: np.random.Generator) -> obspy.Stream:
     return stream
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_synthetic_streams_equal_seisbench(loaded, config, seed):
+@pytest.mark.parametrize("seed, batch", [(1, 16), (2, 16), (1, 4)])
+def test_synthetic_streams_equal_seisbench(loaded, seed, batch):
+    """Batch 16: a station's staged records are written per two windows (SeisBench's 15 s stride: two such
+    writes may wait in the queue); batch 4: per four, the most its ring holds (the other stations' writes
+    fill two batches meanwhile)."""
+    config = Config()
+    config.stream.component_wait_s = 60.0
+    config.inference.batch_size = batch
     rng = np.random.default_rng(seed)
     stream = synthetic_stream(rng)
-    stacked, picks, _ = stream_through(config, loaded, shuffled_records(stream, rng))
+    stacked, picks, pipe = stream_through(config, loaded, shuffled_records(stream, rng))
+    lane = pipe.lanes["default"]
+    assert lane.stage_extra == (1 if batch == 16 else 3) * lane.step
     for key, values in stacked.items():
         station = key.split(".")[1]
         sub = stream.select(station=station)

@@ -150,12 +150,11 @@ class Lane:
         # is plenty (it absorbs a resampler's rounding); the shortest ring (two windows plus a step, e.g. a
         # 50 Hz PhaseNet with the default ring) still keeps one step of slack to fill batches
         self.risk_samples = self.capacity - self.in_samples
-        # a station's staged records are written once they complete this much past its next window: as many
-        # windows per write as leave room for one more such write while they wait in the queue without the
-        # station being at risk (3 for PhaseNet at a 10 s stride with the default ring, 1 with the shortest),
-        # so its write, scan and scheduling run once per that many windows
-        per_write = max(1, (self.risk_samples - self.in_samples + self.step) // (2 * self.step))
-        self.stage_extra = (per_write - 1) * self.step
+        # windows per write of a station's staged records (see stage_extra): as many as the ring holds without
+        # the station being at risk, and as many as leave room for a second such write while the first waits
+        # in the queue (6 and 3 for PhaseNet at a 10 s stride with the default ring, 1 and 1 with the shortest)
+        self._per_write_alone = max(1, (self.risk_samples - self.in_samples + self.step) // self.step)
+        self._per_write_queued = max(1, (self.risk_samples - self.in_samples + self.step) // (2 * self.step))
         early = host.config.early
         self.early_on = early.enabled
         self.tip_interval = early.interval_s
@@ -246,6 +245,21 @@ class Lane:
         blocks = station.scheduler.blocks
         if blocks and (blocks[0].done or station.scheduler.final_to(blocks[0]) > blocks[0].picked_to):
             self.finalize(station)  # (skipped while windows are pending: nothing new is final before they are stacked)
+
+    @property
+    def stage_extra(self) -> int:
+        """How far past its next window end a station's staged records are written (``Pipeline.feed_many``): its write, scan and scheduling run once per that many windows.
+
+        With enough stations that the other stations' writes fill two batches (one in
+        flight on the forward worker, one forming) before a station writes again, each
+        write takes as many windows as the ring holds without the station being at risk;
+        with fewer, half as many, so that a station's previous write may still wait in the
+        queue and full batches form before an at-risk batch is forced.
+        """
+        per_write = self._per_write_alone
+        if (len(self.stations) - 1) * per_write < 2 * self.batch_size:
+            per_write = self._per_write_queued
+        return (per_write - 1) * self.step
 
     def at_risk(self, station: Station, frontier: int | None = None) -> bool:
         """Would waiting for a fuller batch let this station's buffer overwrite a pending window?
