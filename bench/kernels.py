@@ -123,9 +123,10 @@ def old_take_stacked(acc, cnt, start, stop, use_max, out):
 
 # ------------------------------------------------------------------------ setup
 def ring_pool(rng: np.random.Generator, stations: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lane-level data/have: noise on a DC offset, with a few gaps."""
+    """Lane-level data/have: noise on a DC offset, with a few gaps (zeros in the data, as the ring holds them)."""
     data = (rng.normal(0, 1e3, (stations, 3, capacity)) + rng.normal(0, 1e5, (stations, 3, 1))).astype(np.float32)
     have = rng.random((stations, 3, capacity)) > 0.01
+    data[~have] = 0.0
     return data, have
 
 
@@ -189,7 +190,8 @@ def main() -> None:
         skips = np.where(rng.random(b) < 0.05, rng.integers(0, n, b), 0)  # a resumed block now and then
         preds = predictions(rng, b, n, 100)
         for name in ("old", "new") if rep % 2 else ("new", "old"):
-            t = {"gather": timed(gather[name], data, have, slots, starts, rows, n, norm, out[name])}
+            ring = (data, have) if name == "old" else (data,)  # the ring holds zeros where it has no data: new reads the samples alone
+            t = {"gather": timed(gather[name], *ring, slots, starts, rows, n, norm, out[name])}
             for mode in ("avg", "max"):
                 acc, cnt = sums[name, mode]
                 t[f"stack {mode}"] = timed(stack[name], acc, cnt, slots, starts, skips, rows, preds, mode == "max")

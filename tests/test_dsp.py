@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rtpick.stream import dsp
-from rtpick.stream.buffers import RingPool
+from rtpick.stream.buffers import GroupBuffer, RingPool
 
 POOL = RingPool(3, 3, 1, slots=1)  # the stacking sums' dtypes of a lane
 
@@ -22,9 +22,10 @@ def test_gather_windows_equals_phasenet_annotate_batch_pre(norm):
     data = (rng.normal(0, 1e4, (3, cap)) + rng.normal(0, 1e5, (3, 1))).astype(np.float32)
     have = np.ones((3, cap), dtype=bool)
     have[1, 9000:9500] = False  # missing samples read as zeros
+    data[~have] = 0.0  # as the ring holds them (ring_clear)
     starts = np.array([0, 4000, 8500], dtype=np.int64)  # the last window wraps around the ring
     out = np.empty((3, 3, n), dtype=np.float32)
-    dsp.gather_windows(data, have, starts, n, dsp.NORM_STD if norm == "std" else dsp.NORM_PEAK, out)
+    dsp.gather_windows(data, starts, n, dsp.NORM_STD if norm == "std" else dsp.NORM_PEAK, out)
     raw = np.stack([np.where(have[:, (s + np.arange(n)) % cap], data[:, (s + np.arange(n)) % cap], 0) for s in starts]).astype(np.float32)
     ref = model.annotate_batch_pre(torch.from_numpy(raw), {}).numpy()
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
@@ -56,17 +57,33 @@ def test_gather_batch_equals_numpy_reference(norm):
     data[3, 1, 100] = np.nan  # a NaN sample turns its component NaN, as in SeisBench
     data[3, 2, 50] = 2e6  # a spike far from the window's first value (the shift of the one-pass variance)
     data[0, 1] = 1e7 + rng.normal(0, 3, cap)  # a large offset over little signal
+    data[~have] = 0.0  # the ring holds zeros where it has no data (ring_clear)
     slots = np.array([0, 1, 2, 2, 0, 3, 3, 1], dtype=np.int64)
     # inside, wrapping, first sample the ring's last, ending exactly at the ring's end, absolute starts of later laps
     starts = np.array([10, 600, cap - 1, cap - n, 5 * cap + 420, 20, 40 + 2 * cap, 3 * cap], dtype=np.int64)
     rows = np.array([7, 0, 3, 1, 6, 2, 5, 4], dtype=np.int64)
     out = np.full((8, 3, n), -7.0, dtype=np.float32)
-    dsp.gather_batch(data, have, slots, starts, rows, n, norm, out)
+    dsp.gather_batch(data, slots, starts, rows, n, norm, out)
     ref = _gather_reference(data, have, slots, starts, n, norm)
     np.testing.assert_allclose(out[rows], ref, rtol=1e-6, atol=1e-6)
     single = np.empty((len(slots), 3, n), dtype=np.float32)
-    dsp.gather_windows(data[2], have[2], starts[slots == 2], n, norm, single[:2])
+    dsp.gather_windows(data[2], starts[slots == 2], n, norm, single[:2])
     np.testing.assert_array_equal(single[:2], out[rows[slots == 2]])
+
+
+def test_ring_holds_zeros_where_it_has_no_data():
+    """Windows are gathered from the ring's samples alone: a hole, a component given up and a restart leave zeros there, not an older lap's data."""
+    buf = GroupBuffer("XX.A..HH?", 3, 1000, 100.0)
+    for comp in range(3):
+        buf.write(comp, 0, np.full(1000, 7.0, dtype=np.float32), 0.0)  # the whole ring holds data
+    buf.write(0, 1300, np.ones(100, dtype=np.float32), 0.0)  # component 0: a hole from 1000 to 1300
+    buf.write(1, 1000, np.ones(450, dtype=np.float32), 0.0)
+    buf.expire(1400)  # component 2 given up to 1400, component 1 from 1450 on only data it wrote
+    assert not buf.data[~buf.have].any()
+    assert (buf.have[0, :300] == False).all() and (buf.have[2, :400] == False).all()  # noqa: E712
+    assert (buf.data[0, 300:400] == 1.0).all() and (buf.data[2, 400:] == 7.0).all()
+    buf.reset()
+    assert not buf.data.any() and not buf.have.any()
 
 
 def _stack_reference(acc, cnt, slots, starts, skips, rows, preds, use_max):
@@ -234,9 +251,11 @@ def test_ring_first_finds_block_edges_across_the_wrap(cap):
 def test_ring_clear_wraps_and_clears_at_most_the_ring(first, n):
     cap = 100
     have = np.ones((2, cap), dtype=np.bool_)
-    dsp.ring_clear(have, 1, first, min(n, cap))
+    data = np.full((2, cap), 5.0, dtype=np.float32)
+    dsp.ring_clear(data, have, 1, first, min(n, cap))
     cleared = (first + np.arange(min(n, cap))) % cap
     assert not have[1, cleared].any() and have[1].sum() == cap - len(cleared) and have[0].all()
+    assert not data[1, cleared].any() and (data[~have] == 0).all() and (data[have] == 5.0).all()  # zeros where missing
 
 
 def test_ring_first_finds_an_edge_past_whole_chunks():

@@ -103,13 +103,13 @@ def gathered(monkeypatch):
     seen: list[tuple[object, int, object]] = []
     original, original_batch = InferenceEngine.gather, InferenceEngine.gather_batch
 
-    def gather(self, data, have, starts, out):
+    def gather(self, data, starts, out):
         seen.extend((id(data), int(s), self.model) for s in starts)
-        return original(self, data, have, starts, out)
+        return original(self, data, starts, out)
 
-    def gather_batch(self, data, have, slots, starts, rows, out):
+    def gather_batch(self, data, slots, starts, rows, out):
         seen.extend((("slot", int(slot)), int(s), self.model) for slot, s in zip(slots, starts))
-        return original_batch(self, data, have, slots, starts, rows, out)
+        return original_batch(self, data, slots, starts, rows, out)
 
     monkeypatch.setattr(InferenceEngine, "gather", gather)
     monkeypatch.setattr(InferenceEngine, "gather_batch", gather_batch)

@@ -98,15 +98,15 @@ class InferenceEngine:
         preds = self.predict(batch)
         return preds, time.perf_counter() - t0
 
-    def gather(self, data: np.ndarray, have: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
-        """Copy (and, when known, normalise) windows of one group into ``out`` rows."""
+    def gather(self, data: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
+        """Copy (and, when known, normalise) windows of one group's ring samples (zeros where missing) into ``out`` rows."""
         norm = dsp.NORM_NONE if self.norm is None else self.norm
-        dsp.gather_windows(data, have, starts, self.in_samples, norm, out)
+        dsp.gather_windows(data, starts, self.in_samples, norm, out)
 
-    def gather_batch(self, data: np.ndarray, have: np.ndarray, slots: np.ndarray, starts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    def gather_batch(self, data: np.ndarray, slots: np.ndarray, starts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
         """Copy (and, when known, normalise) windows of many stations of a lane-level ring pool into ``out`` rows, in one call."""
         norm = dsp.NORM_NONE if self.norm is None else self.norm
-        dsp.gather_batch(data, have, slots, starts, rows, self.in_samples, norm, out)
+        dsp.gather_batch(data, slots, starts, rows, self.in_samples, norm, out)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Forward a (B, channels, samples) batch; returns (B, samples, classes) float32."""

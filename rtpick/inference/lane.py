@@ -343,7 +343,7 @@ class Lane:
                 slots[m], starts[m], rows[m] = win.group.slot, win.start, i
                 m += 1
                 flight.gathered.add(i)
-            self.engine.gather_batch(self.pool.data, self.pool.have, slots[:m], starts[:m], rows[:m], batch)
+            self.engine.gather_batch(self.pool.data, slots[:m], starts[:m], rows[:m], batch)
         except Exception as exc:  # noqa: BLE001 - a failed batch must not stop the pipeline
             flight.future.set_exception(exc)
         else:

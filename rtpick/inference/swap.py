@@ -149,13 +149,12 @@ def verify(loaded: LoadedModel, spec: LaneSpec, threads: int = 1) -> None:
     n_comp, n, batch_size = len(spec.component_order), spec.in_samples, spec.batch_size
     rng = np.random.default_rng(DRY_RUN_SEED)
     data = rng.standard_normal((n_comp, n)).astype(np.float32)
-    have = np.ones((n_comp, n), dtype=np.bool_)
-    have[:, : n // 10] = False
+    data[:, : n // 10] = 0.0  # missing: the ring holds zeros there
     batch = np.empty((batch_size, n_comp, n), dtype=np.float32)
     expected = (batch_size, n, len(spec.labels))
     try:
         engine = InferenceEngine(loaded.model, spec.model_argdict(loaded.model), threads, spec.device)
-        engine.gather(data, have, np.zeros(batch_size, dtype=np.int64), batch)
+        engine.gather(data, np.zeros(batch_size, dtype=np.int64), batch)
         out = engine.predict(batch)
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model is a refusal, with its reason
         raise ModelError(f"{spec.model_id}: dry-run batch {batch.shape} failed: {exc!r}") from exc

@@ -131,7 +131,7 @@ class GroupBuffer:
 
     def _clear(self, component: int, first: int, end: int) -> None:
         if end > first:
-            ring_clear(self.have, component, first, min(end - first, self.capacity))
+            ring_clear(self.data, self.have, component, first, min(end - first, self.capacity))
 
     def expire(self, ready: int) -> None:
         """Components that did not deliver up to ``ready`` are given up there: zeros, not stale ring data."""
@@ -171,6 +171,7 @@ class GroupBuffer:
     def reset(self) -> None:
         """Forget all data (time jump beyond the ring, or a fault): O(capacity), never O(gap)."""
         self.have[:] = False
+        self.data[:] = 0.0  # the ring holds zeros where it has no data (see rtpick.stream.dsp.ring_clear)
         self.filled_to = [None] * len(self.filled_to)
         self.lead = None
         self.segments = []

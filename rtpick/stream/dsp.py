@@ -47,12 +47,12 @@ _REDUCE = {"nsz", "arcp", "contract", "reassoc"}
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
-def _moments(data, have, shift):  # pragma: no cover - numba
-    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = (data where have else 0) - shift``, in float64."""
+def _moments(data, shift):  # pragma: no cover - numba
+    """Sums of ``d`` and ``d*d`` over one contiguous piece, ``d = data - shift``, in float64."""
     s1 = 0.0
     s2 = 0.0
     for i in range(data.shape[0]):
-        d = (np.float64(data[i]) if have[i] else 0.0) - shift
+        d = np.float64(data[i]) - shift
         s1 += d
         s2 += d * d
     return s1, s2
@@ -65,8 +65,8 @@ def _order_key(bits):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
-def _extremes(data, have, shift, lo, hi):  # pragma: no cover - numba
-    """Sum of ``(data where have else 0) - shift`` over one contiguous piece, and its min/max as order keys.
+def _extremes(data, shift, lo, hi):  # pragma: no cover - numba
+    """Sum of ``data - shift`` over one contiguous piece, and its min/max as order keys.
 
     Float min/max reductions do not vectorise without 'nnan'; on integer order keys
     (:func:`_order_key`) they do, and the result is the same float. A NaN sample may
@@ -75,27 +75,27 @@ def _extremes(data, have, shift, lo, hi):  # pragma: no cover - numba
     bits = data.view(np.int32)
     s1 = 0.0
     for i in range(data.shape[0]):
-        ok = have[i]
-        s1 += (np.float64(data[i]) if ok else 0.0) - shift
-        key = _order_key(bits[i]) * ok  # the key of +0.0 is 0
+        s1 += np.float64(data[i]) - shift
+        key = _order_key(bits[i])
         lo = key if key < lo else lo  # selects: min()/max() here stop the vectoriser
         hi = key if key > hi else hi
     return s1, lo, hi
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_REDUCE, error_model="numpy")
-def _write(data, have, mean, inv, out):  # pragma: no cover - numba
-    """``out = ((data where have else 0) - mean) * inv`` over one contiguous piece, in float64."""
+def _write(data, mean, inv, out):  # pragma: no cover - numba
+    """``out = (data - mean) * inv`` over one contiguous piece, in float64."""
     for i in range(out.shape[0]):
-        out[i] = ((np.float64(data[i]) if have[i] else 0.0) - mean) * inv
+        out[i] = (np.float64(data[i]) - mean) * inv
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - numba
-    """``n_samples`` of ring ``data``/``have`` (channels, capacity) from absolute ``start`` into ``out`` (channels, samples).
+def _gather_one(data, start, n_samples, norm, out):  # pragma: no cover - numba
+    """``n_samples`` of ring ``data`` (channels, capacity) from absolute ``start`` into ``out`` (channels, samples).
 
-    Samples whose ``have`` flag is False are zeros (SeisBench imputes missing
-    components with zeros). Unless ``norm`` is NORM_NONE each component is demeaned
+    The ring holds zeros where it has no data (:func:`ring_clear`; SeisBench imputes
+    missing components with zeros), so only the samples are read, not the
+    "have" mask. Unless ``norm`` is NORM_NONE each component is demeaned
     and divided by its std (Bessel) or peak plus 1e-10, as PhaseNet's
     ``annotate_batch_pre`` does, but in float64. The window is at most as long as the
     ring, so it is read in at most two contiguous pieces.
@@ -112,49 +112,49 @@ def _gather_one(data, have, start, n_samples, norm, out):  # pragma: no cover - 
     s0 = start % cap
     n1 = min(n, cap - s0)  # samples before the wrap
     for c in range(data.shape[0]):
-        a0, h0, o0 = data[c, s0:s0 + n1], have[c, s0:s0 + n1], out[c, :n1]
-        a1, h1, o1 = data[c, :n - n1], have[c, :n - n1], out[c, n1:n]
+        a0, o0 = data[c, s0:s0 + n1], out[c, :n1]
+        a1, o1 = data[c, :n - n1], out[c, n1:n]
         if norm == NORM_NONE:
-            _write(a0, h0, 0.0, 1.0, o0)
-            _write(a1, h1, 0.0, 1.0, o1)
+            _write(a0, 0.0, 1.0, o0)
+            _write(a1, 0.0, 1.0, o1)
             continue
-        shift = np.float64(a0[0]) if h0[0] else 0.0
+        shift = np.float64(a0[0])
         if norm == NORM_STD:
-            s1, s2 = _moments(a0, h0, shift)
-            t1, t2 = _moments(a1, h1, shift)
+            s1, s2 = _moments(a0, shift)
+            t1, t2 = _moments(a1, shift)
             s1 += t1
             s2 += t2
             var = (s2 - s1 * (s1 / n)) / (n - 1)
             mean = shift + s1 / n
             scale = np.sqrt(0.0 if var < 0.0 else var) + 1e-10  # rounding may leave a tiny negative; NaN stays NaN
         else:
-            s1, lo, hi = _extremes(a0, h0, shift, np.int32(0x7FFFFFFF), np.int32(-0x80000000))
-            t1, lo, hi = _extremes(a1, h1, shift, lo, hi)
+            s1, lo, hi = _extremes(a0, shift, np.int32(0x7FFFFFFF), np.int32(-0x80000000))
+            t1, lo, hi = _extremes(a1, shift, lo, hi)
             s1 += t1
             mean = shift + s1 / n
             low = np.float64(np.int32(_order_key(lo)).view(np.float32))
             high = np.float64(np.int32(_order_key(hi)).view(np.float32))
             scale = max(0.0, high - mean, mean - low) + 1e-10  # max |x - mean|: rounding is monotonic
-        _write(a0, h0, mean, 1.0 / scale, o0)
-        _write(a1, h1, mean, 1.0 / scale, o1)
+        _write(a0, mean, 1.0 / scale, o0)
+        _write(a1, mean, 1.0 / scale, o1)
 
 
 @numba.njit(cache=True, nogil=True)
-def gather_windows(data, have, starts, n_samples, norm, out):  # pragma: no cover - numba
+def gather_windows(data, starts, n_samples, norm, out):  # pragma: no cover - numba
     """Fill ``out[b]`` (channels, samples) with the window of one ring starting at ``starts[b]`` (see :func:`_gather_one`)."""
     for b in range(starts.shape[0]):
-        _gather_one(data, have, starts[b], n_samples, norm, out[b])
+        _gather_one(data, starts[b], n_samples, norm, out[b])
 
 
 @numba.njit(cache=True, nogil=True)
-def gather_batch(data, have, slots, starts, rows, n_samples, norm, out):  # pragma: no cover - numba
+def gather_batch(data, slots, starts, rows, n_samples, norm, out):  # pragma: no cover - numba
     """A whole batch from many stations' rings in one call: ``out[rows[k]]`` = window ``starts[k]`` of ring ``slots[k]``.
 
-    ``data``/``have`` are lane-level (stations, channels, capacity) arrays
+    ``data`` is the lane-level (stations, channels, capacity) sample array
     (:class:`~rtpick.stream.buffers.RingPool`).
     """
     for k in range(slots.shape[0]):
-        _gather_one(data[slots[k]], have[slots[k]], starts[k], n_samples, norm, out[rows[k]])
+        _gather_one(data[slots[k]], starts[k], n_samples, norm, out[rows[k]])
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -282,14 +282,21 @@ def ring_put(data, have, spans, values):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def ring_clear(have, component, first, n):  # pragma: no cover - numba
-    """Mark ``n`` samples of component ``component`` from absolute index ``first`` as missing (``have`` as in :func:`ring_put`; ``n`` at most the capacity)."""
+def ring_clear(data, have, component, first, n):  # pragma: no cover - numba
+    """Mark ``n`` samples of component ``component`` from absolute index ``first`` as missing, and zero them (``data``/``have`` as in :func:`ring_put`; ``n`` at most the capacity).
+
+    The ring holds zeros wherever ``have`` is False (as allocated, cleared here, or
+    reset), which is what a window gets for missing samples: gathering reads the
+    samples alone.
+    """
     cap = have.shape[1]
     i0 = first % cap
     k = min(n, cap - i0)
     have[component, i0:i0 + k] = False
+    data[component, i0:i0 + k] = 0.0
     if n > k:
         have[component, :n - k] = False
+        data[component, :n - k] = 0.0
 
 
 @numba.njit(cache=True, nogil=True)
