@@ -221,7 +221,7 @@ class Pipeline:
                                 self._staged[station.key] = station
                             # (feed.staged_to, written out)
                             if (feed.seg_base + n_in >= station.write_at and self._staged_due(station)) or len(staged) >= MAX_STAGED_RECORDS:
-                                self._write_staged(station)
+                                self._write_staged(station, burst=True)
                                 self._run_full(station.lane)
                             continue
                 self._feed_one(record, feed, now)
@@ -267,8 +267,14 @@ class Pipeline:
             behind = behind or end < write_at
         return not behind
 
-    def _write_staged(self, station: Station) -> None:
-        """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record."""
+    def _write_staged(self, station: Station, burst: bool = False) -> None:
+        """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record.
+
+        ``burst``: written while records keep coming (``feed_many``'s write point, not
+        ``poll``): samples that became final before the windows this write queues are
+        picked with those windows after their stacking, not at once (the same picks,
+        one picking call fewer per write of a backlog).
+        """
         if self._staged.pop(station.key, None) is None:
             return
         lane = station.lane
@@ -295,7 +301,7 @@ class Pipeline:
             if filled[feed.component] is not None:
                 station.arrivals.append((filled[feed.component], feed.staged_arrival))
         try:
-            self._advance(station)
+            self._advance(station, defer_picking=burst)
         except Exception as exc:  # noqa: BLE001 - one station must never stop the others
             self.station_failed(station, exc)
 
@@ -303,11 +309,11 @@ class Pipeline:
         for station in list(self._staged.values()):
             self._write_staged(station)
 
-    def _advance(self, station: Station) -> None:
+    def _advance(self, station: Station, defer_picking: bool = False) -> None:
         """Queue the station's due windows, pick what became final, run batches its ring needs; note where its next window ends."""
         lane = station.lane
         try:
-            lane.advance(station, final=False)
+            lane.advance(station, final=False, defer_picking=defer_picking)
             while lane.at_risk(station):
                 lane.run_batch()
         finally:

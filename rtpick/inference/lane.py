@@ -226,8 +226,12 @@ class Lane:
         station.last_data_ns = 0
 
     # ---------------------------------------------------------------- scheduling
-    def advance(self, station: Station, final: bool) -> None:
-        """Queue the station's windows that are due (all of them when ``final``), pick what is final."""
+    def advance(self, station: Station, final: bool, defer_picking: bool = False) -> None:
+        """Queue the station's windows that are due (all of them when ``final``), pick what is final.
+
+        ``defer_picking``: if windows were queued, what is final now is picked after their
+        stacking instead (which picks everything final then, these samples included).
+        """
         buf = station.buffer
         if buf.lead is None:
             return
@@ -242,6 +246,8 @@ class Lane:
             now = time.monotonic()
             self.queue.extend(Window(station, block, start, now, station.last_arrival) for block, start in due)
         station.final_arrival = station.last_arrival  # new data alone can make samples final (exact block end)
+        if due and defer_picking:
+            return
         blocks = station.scheduler.blocks
         if blocks and (blocks[0].done or station.scheduler.final_to(blocks[0]) > blocks[0].picked_to):
             self.finalize(station)  # (skipped while windows are pending: nothing new is final before they are stacked)
