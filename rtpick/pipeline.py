@@ -42,7 +42,7 @@ import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -165,7 +165,7 @@ class Pipeline:
         """Ingest one record, run the full batches of its lane, return the picks made so far (see :meth:`feed_many`)."""
         return self.feed_many((record,))
 
-    def feed_many(self, records: Iterable[Record]) -> list[Pick]:
+    def feed_many(self, records: Sequence[Record]) -> list[Pick]:
         """Ingest records in order, as :meth:`feed` of each; return the picks made so far.
 
         A record that continues its channel exactly is *staged* (accepted, written
@@ -175,7 +175,10 @@ class Pipeline:
         irregular record of the station comes first.
         Windows, stacked values and picks are the same as writing each record at
         once; picks may come out a few records later within a burst, never later
-        than the next ``poll`` (the daemon polls whenever its input queue is empty).
+        than the next ``poll`` (the daemon polls whenever its input queue is empty),
+        except that what a write within a burst made final before the windows it
+        queued is picked with those windows, when their batch runs (see
+        :meth:`_write_staged`: a backlog, where latency is moot).
         A station's newest data time and arrival (``last_data_ns``, ``last_arrival``:
         its lag and age on the metrics) move when its staged records are written.
 
@@ -196,6 +199,7 @@ class Pipeline:
         feeds = self.feeds
         observer = self.observer
         now = time.time()
+        last = records[-1] if records else None  # a write before it is made while records keep coming (see _write_staged)
         staged_records = staged_samples = 0
         try:
             for record in records:
@@ -221,7 +225,7 @@ class Pipeline:
                                 self._staged[station.key] = station
                             # (feed.staged_to, written out)
                             if (feed.seg_base + n_in >= station.write_at and self._staged_due(station)) or len(staged) >= MAX_STAGED_RECORDS:
-                                self._write_staged(station, burst=True)
+                                self._write_staged(station, burst=record is not last)
                                 self._run_full(station.lane)
                             continue
                 self._feed_one(record, feed, now)
@@ -270,8 +274,9 @@ class Pipeline:
     def _write_staged(self, station: Station, burst: bool = False) -> None:
         """Write the station's staged records (one ring write for all its channels), then schedule and pick as for each record.
 
-        ``burst``: written while records keep coming (``feed_many``'s write point, not
-        ``poll``): samples that became final before the windows this write queues are
+        ``burst``: written while records keep coming (``feed_many``'s write point before
+        the last record of the call: a backlog; in real time the daemon feeds one record
+        at a time): samples that became final before the windows this write queues are
         picked with those windows after their stacking, not at once (the same picks,
         one picking call fewer per write of a backlog).
         """
