@@ -265,7 +265,7 @@ class Pipeline:
         lead_at = write_at + station.lane.wait_samples
         behind = False
         for f in station.feeds:  # (runs a few times per write: a loop, not lists and min/max)
-            end = f.seg_base + f.seg_n_in if f.staged else filled[f.component] or 0  # (f.staged_to, written out)
+            end = f.staged_to if f.staged else filled[f.component] or 0
             if end >= lead_at:
                 return True
             behind = behind or end < write_at
